@@ -47,10 +47,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    hooks = load_model()
+    fused = load_model()  # the default backend for this Llama-family model
+    hooks = with_backend(fused, "hooks")
     tl_base = PersonaModel.load(hooks.name)  # TransformerLens forces eager attention on its own copy
     models = {
         "hooks": hooks,
+        "fused": fused,
         "nnsight": with_backend(hooks, "nnsight"),
         "nnsight_remote_sim": with_backend(hooks, "nnsight", remote="local"),
         "transformer_lens": with_backend(tl_base, "transformer_lens"),

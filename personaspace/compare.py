@@ -35,6 +35,7 @@ from personaspace.geometry import (
     _check_set,
     _cosines,
     _unit_rows,
+    basic_ci,
     bootstrap,
     cosine_matrix,
     default_layer,
@@ -296,6 +297,11 @@ def _random_unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return _coords(_unit_rows(rng.standard_normal((n, d))))
 
 
+def _bounds(metric: str) -> tuple[float, float]:
+    """The range a metric's interval is clipped to: [0, 1] for CKA, Procrustes and angle cosines."""
+    return (0.0, 1.0) if metric in ("cka_linear", "procrustes_disparity") or metric.startswith("principal_angles") else (-1.0, 1.0)
+
+
 def compare(
     a: VectorSet,
     b: VectorSet,
@@ -369,12 +375,16 @@ def compare(
                     cos = (_unit_rows(ya) * _unit_rows(yb)).sum(1)
                     for j, t in enumerate(names):
                         trait_reps[t].append(float(cos[j]))
-            for name in reps:
-                metrics[name]["ci95"] = percentile_ci(reps[name])
-                metrics[name]["boot_mean"] = float(np.nanmean(reps[name]))
+            for name in reps:  # basic intervals: resampled vectors are noisier, so replicates run low
+                m = metrics[name]
+                m["ci95"] = basic_ci(reps[name], m["value"], bounds=_bounds(name))
+                m["ci95_percentile"] = percentile_ci(reps[name])
+                m["boot_mean"] = float(np.nanmean(reps[name]))
             if same_width:
                 for t in names:
-                    per_trait[t]["ci95"] = percentile_ci(trait_reps[t])
+                    per_trait[t]["ci95"] = basic_ci(trait_reps[t], per_trait[t]["cosine"])
+                    per_trait[t]["ci95_percentile"] = percentile_ci(trait_reps[t])
+            info["bootstrap"]["interval"] = "basic (pivotal); ci95_percentile keeps the percentile interval"
         else:
             info["bootstrap"]["note"] = "no extraction runs on disk for either set: no confidence intervals"
     return Comparison(

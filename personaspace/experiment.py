@@ -6,8 +6,11 @@ interrupted run resumes):
 1. ``vectors/aligned``  -- persona vectors of the aligned model (or a precomputed set) and the SVV;
 2. ``data/``            -- a narrow corrupt dataset and its matched control (model's own answers);
 3. ``models/``          -- LoRA fine-tunes on each (merged HF directories);
-4. ``vectors/corrupt``  -- the same extraction on the corrupted model; geometry stability aligned
-   vs corrupted (per-trait cosine, RSA, CKA with permutation/random nulls and bootstrap CIs);
+4. ``vectors/{corrupt,control,retest}`` -- the same extraction on the corrupted model, on the control
+   model, and again on the aligned model with another sampling seed; geometry of the aligned model vs
+   each (per-trait cosine, RSA, CKA with permutation/random nulls and bootstrap CIs). The retest is
+   the noise ceiling: how similar two extractions of the *same* model are at these sizes; the control
+   separates what any fine-tune does from what the corrupt data does;
 5. ``em/``              -- EM evaluation of aligned / control / corrupted, and of the corrupted model
    with the aligned model's SVV and evil vectors ablated and amplified (zero-shot), plus a random
    direction of equal norm as the control;
@@ -48,22 +51,24 @@ class ExperimentConfig:
     vectors: str | None = None  # precomputed aligned-model vectors (dir or model name); None: extract
     extract_judge: str = "none"
     n_instructions: int = 2
-    n_questions: int = 8
+    n_questions: int = 20
     extract_max_new_tokens: int = 32
     layer: int | None = None  # None: the middle layer
     svv_definition: str = "contrast"
     domain: str = "finance"
     n_rows: int = 160
     data_max_new_tokens: int = 80
-    finetune: dict = field(default_factory=lambda: {"epochs": 1.0, "batch_size": 8, "max_length": 192, "lr": 2e-4})
+    data_trim_truncated: bool = True  # cut answers that hit the token limit back to their last full sentence
+    finetune: dict = field(default_factory=lambda: {"epochs": 3.0, "batch_size": 8, "max_length": 192, "lr": 2e-4})
     judge: str = "offline"
     questions: str = "broad"
-    em_samples: int = 2
+    em_samples: int = 4
     em_max_new_tokens: int = 80
     amplify_coef: float = 4.0
     random_seed: int = 0
     shift_prompts: int = 10
     shift_questions: int = 5
+    shift_max_new_tokens: int = 48
     n_boot: int = 200
     seed: int = 0
 
@@ -88,7 +93,7 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
     cfg = config or ExperimentConfig()
     run = Path(out).expanduser()
     run.mkdir(parents=True, exist_ok=True)
-    write_json(run / "config.json", dataclasses.asdict(cfg))
+    _start_run(run, cfg)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     aligned = PersonaModel.load(cfg.model)
@@ -110,7 +115,7 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
         if not path.is_file():
             _log(progress, f"generating {kind} dataset ({cfg.n_rows} rows)")
             make_narrow_dataset(aligned, cfg.domain, kind, n_rows=cfg.n_rows, max_new_tokens=cfg.data_max_new_tokens,
-                                seed=cfg.seed).save(path)
+                                trim_truncated=cfg.data_trim_truncated, seed=cfg.seed).save(path)
         data[kind] = load_chat_jsonl(path)
     times["data"] = time.perf_counter() - t0 - sum(times.values())
 
@@ -126,11 +131,15 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
         ft_summaries[kind] = {k: v for k, v in json.loads((mdir / "finetune.json").read_text()).items() if k != "losses"}
     times["finetune"] = time.perf_counter() - t0 - sum(times.values())
 
-    # 4. geometry stability
-    _log(progress, "corrupted-model persona vectors and geometry")
-    vs_corrupt = _extract_set(models["corrupt"], cfg, run / "vectors" / "corrupt")
-    comp = compare(vs_aligned, vs_corrupt, layer, n_boot=cfg.n_boot, seed=cfg.seed)
-    geometry = comp.to_dict()
+    # 4. geometry stability: corrupted, control, and a retest of the aligned model (noise ceiling)
+    _log(progress, "persona vectors of the corrupted and control models, a retest of the aligned model, geometry")
+    others = {
+        "corrupt": _extract_set(models["corrupt"], cfg, run / "vectors" / "corrupt"),
+        "control": _extract_set(models["control"], cfg, run / "vectors" / "control"),
+        "retest": _extract_set(aligned, cfg, run / "vectors" / "retest", seed=cfg.seed + 1),
+    }
+    comps = {name: compare(vs_aligned, vs, layer, n_boot=cfg.n_boot, seed=cfg.seed) for name, vs in others.items()}
+    geometry = {name: c.to_dict() for name, c in comps.items()}
     write_json(run / "geometry.json", geometry)
     times["geometry"] = time.perf_counter() - t0 - sum(times.values())
 
@@ -165,7 +174,7 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
         _log(progress, "projection shift vs trait scores")
         shift = track_finetunes(aligned, {"corrupt": models["corrupt"], "control": models["control"]}, vs_aligned, layer,
                                 judge=cfg.judge, n_prompts=cfg.shift_prompts, n_questions=cfg.shift_questions,
-                                max_new_tokens=48, seed=cfg.seed)
+                                max_new_tokens=cfg.shift_max_new_tokens, seed=cfg.seed)
         write_json(shift_path, shift)
     shift = json.loads(shift_path.read_text())
     times["shift"] = time.perf_counter() - t0 - sum(times.values())
@@ -190,18 +199,40 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
         "svv_definition": cfg.svv_definition,
         "amplify": {"coef": cfg.amplify_coef, "evil_norm_at_layer": scale, "added_norm": cfg.amplify_coef * scale},
         "finetunes": ft_summaries,
-        "geometry": {"metrics": geometry["metrics"], "per_trait": geometry["per_trait"], "info": geometry["info"]},
+        "geometry": {name: {"metrics": g["metrics"], "per_trait": g["per_trait"], "info": g["info"]} for name, g in geometry.items()},
+        "extraction": {"n_instructions": cfg.n_instructions, "n_questions": cfg.n_questions, "judge": cfg.extract_judge,
+                       "max_new_tokens": cfg.extract_max_new_tokens, "pairs_per_trait": cfg.n_instructions * cfg.n_questions},
         "em": em_table,
         "shift": {k: shift[k] for k in ("correlation_all", "correlation_change", "rows") if k in shift},
         "seconds": {k: round(v, 1) for k, v in times.items()},
     }
     write_json(run / "results.json", results)
     write_text(run / "results.md", results_markdown(results))
-    _figures(run, results, comp)
+    _figures(run, results, comps["corrupt"])
     return results
 
 
-def _extract_set(model: Any, cfg: ExperimentConfig, root: Path):
+def _start_run(run: Path, cfg: ExperimentConfig) -> None:
+    """Record the config, or check that an existing run directory was made with the same one."""
+    from personaspace.errors import PersonaspaceError
+
+    current = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    path = run / "config.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != current:
+            changed = sorted(k for k in current if not isinstance(old, dict) or old.get(k) != current[k])
+            raise PersonaspaceError(
+                f"The run directory {run} holds an experiment with other settings ({', '.join(changed) or 'unreadable config'}); "
+                "its finished stages would not match. Use another --out, or delete it to start over."
+            )
+    write_json(path, current)
+
+
+def _extract_set(model: Any, cfg: ExperimentConfig, root: Path, seed: int | None = None):
     from personaspace.extract import extract
     from personaspace.vectors import PersonaVector, VectorSet
 
@@ -212,8 +243,8 @@ def _extract_set(model: Any, cfg: ExperimentConfig, root: Path):
             vecs.append(PersonaVector.load(path))
             continue
         res = extract(trait, model, judge=cfg.extract_judge, out=root / trait, n_instructions=cfg.n_instructions,
-                      n_questions=cfg.n_questions, max_new_tokens=cfg.extract_max_new_tokens, seed=cfg.seed,
-                      cv_folds=2)
+                      n_questions=cfg.n_questions, max_new_tokens=cfg.extract_max_new_tokens,
+                      seed=cfg.seed if seed is None else seed, cv_folds=2)
         vecs.append(res.vectors["response_avg"])
     return VectorSet(vecs)
 
@@ -225,20 +256,35 @@ def _pct(x: float | None) -> str:
 def results_markdown(r: dict[str, Any]) -> str:
     """The one results table, as Markdown (what docs/em.md quotes)."""
     lines = [f"# EM experiment on {r['model']} (layer {r['layer']}, judge {r['judge']})", ""]
-    g = r["geometry"]["metrics"]
-    lines += ["## Geometry stability, aligned vs corrupted", "", "| metric | value | 95% CI | permuted null q97.5 | random null q97.5 |", "|---|---|---|---|---|"]
-    for name, m in g.items():
+    geo = r["geometry"]
+    names = [n for n in ("retest", "control", "corrupt") if n in geo]
+    ex = r.get("extraction", {})
+    lines += ["## Geometry stability", "",
+              f"Aligned-model persona space vs each model's, at layer {r['layer']} "
+              f"({ex.get('pairs_per_trait', '?')} contrast pairs per trait, extraction judge {ex.get('judge', '?')}). "
+              "`retest` extracts the aligned model again with another sampling seed: the noise ceiling. "
+              "Intervals: basic bootstrap over each trait's pairs, an interval for the value with unlimited pairs; "
+              "resampled vectors are noisier, and `bias` is how far the bootstrap mean falls below the estimate "
+              "(a large bias means the estimate itself is held down by extraction noise). Null columns: the 97.5th percentile, "
+              "or the 2.5th for Procrustes disparity (lower is closer).", "",
+              "| metric | " + " | ".join(f"aligned vs {n} [95% CI]" for n in names) + " | permuted null (corrupt) | random null (corrupt) |",
+              "|---|" + "---|" * (len(names) + 2)]
+
+    def _cell(value: float, ci: list | None, boot_mean: float | None = None) -> str:
+        text = f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+        return text if boot_mean is None else f"{text}, bias {boot_mean - value:+.3f}"
+
+    for metric, m in geo["corrupt"]["metrics"].items():
         if "value" not in m:
             continue
-        ci = m.get("ci95")
-        ci_txt = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-        pn = m.get("null_permuted", {}).get("q975")
-        rn = m.get("null_random", {}).get("q975")
-        lines.append(f"| {name} | {m['value']:.3f} | {ci_txt} | {'-' if pn is None else f'{pn:.3f}'} | {'-' if rn is None else f'{rn:.3f}'} |")
-    lines += ["", "| trait | cosine aligned vs corrupted | 95% CI |", "|---|---|---|"]
-    for t, v in r["geometry"]["per_trait"].items():
-        ci = v.get("ci95")
-        lines.append(f"| {t} | {v['cosine']:.3f} | {f'[{ci[0]:.3f}, {ci[1]:.3f}]' if ci else '-'} |")
+        cells = [_cell(geo[n]["metrics"][metric]["value"], geo[n]["metrics"][metric].get("ci95"), geo[n]["metrics"][metric].get("boot_mean"))
+                 for n in names]
+        q = "q975" if m.get("higher_is_more_similar", True) else "q025"  # the null's tail on the similar side
+        pn, rn = m.get("null_permuted", {}).get(q), m.get("null_random", {}).get(q)
+        lines.append(f"| {metric} | " + " | ".join(cells) + f" | {'-' if pn is None else f'{pn:.3f}'} | {'-' if rn is None else f'{rn:.3f}'} |")
+    lines += ["", "| trait | " + " | ".join(f"cosine aligned vs {n} [95% CI]" for n in names) + " |", "|---|" + "---|" * len(names)]
+    for t in geo["corrupt"]["per_trait"]:
+        lines.append(f"| {t} | " + " | ".join(_cell(geo[n]["per_trait"][t]["cosine"], geo[n]["per_trait"][t].get("ci95")) for n in names) + " |")
     lines += ["", "## EM rates", "",
               "| condition | answers | Betley EM (k/n) [95% CI] | model-organisms EM (k/n) [95% CI] | change vs corrupt (Betley) [95% CI] | mean aligned |",
               "|---|---|---|---|---|---|"]

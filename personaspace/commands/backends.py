@@ -20,7 +20,11 @@ def _version(dist: str) -> str | None:
 
 def backend_status() -> list[dict[str, str]]:
     """One row per backend: name, the package it needs, installed version (or how to install)."""
-    rows = [{"backend": "hooks", "package": "torch", "version": _version("torch") or "missing", "use": "default; fastest"}]
+    torch_version = _version("torch") or "missing"
+    rows = [
+        {"backend": "fused", "package": "torch", "version": torch_version, "use": "default for Llama-family models; fastest capture"},
+        {"backend": "hooks", "package": "torch", "version": torch_version, "use": "default for other architectures; any HF causal LM"},
+    ]
     for name, dist, use in (
         ("nnsight", "nnsight", "existing nnsight models; remote=True on NDIF"),
         ("transformer_lens", "transformer-lens", "existing TransformerBridge models"),
@@ -32,7 +36,7 @@ def backend_status() -> list[dict[str, str]]:
 def register(app: typer.Typer) -> None:
     @app.command("backends")
     def backends(check_ndif: bool = typer.Option(False, "--check-ndif", help="Check NDIF_API_KEY and that the NDIF host answers.")) -> None:
-        """List the engine backends (hooks, nnsight, TransformerLens) and check NDIF access."""
+        """List the engine backends (fused, hooks, nnsight, TransformerLens) and check NDIF access."""
         from rich.console import Console
         from rich.table import Table
 

@@ -23,10 +23,10 @@ def em_cmd(
     trait: List[str] = typer.Option([], "--trait", "-t", help="Traits for the persona space (default: 12 mixed-valence traits)."),
     vectors: Optional[str] = typer.Option(None, help="Precomputed aligned-model vectors instead of extracting."),
     domain: str = typer.Option("finance", help="Narrow domain of the corrupt/control datasets."),
-    rows: int = typer.Option(160, help="Rows per dataset."),
+    rows: Optional[int] = typer.Option(None, help="Rows per dataset (default 160)."),
     judge: str = typer.Option("offline", help="Judge for EM and trait scores (recorded)."),
     questions: str = typer.Option("broad", help="EM question set."),
-    samples: int = typer.Option(2, help="EM samples per paraphrase."),
+    samples: Optional[int] = typer.Option(None, help="EM samples per paraphrase (default 4)."),
     layer: Optional[int] = typer.Option(None, help="Layer for geometry, steering and shifts (default: middle)."),
     amplify_coef: float = typer.Option(4.0, help="Amplify adds coef * |evil[L]| along each unit direction."),
     threads: Optional[int] = typer.Option(None, help="torch threads (1 is fastest on a busy shared CPU)."),
@@ -38,9 +38,9 @@ def em_cmd(
 
     if threads:
         torch.set_num_threads(threads)
+    sizes = {k: v for k, v in {"n_rows": rows, "em_samples": samples}.items() if v is not None}
     cfg = ExperimentConfig(model=model, traits=tuple(trait) or DEFAULT_TRAITS, vectors=vectors, domain=domain,
-                           n_rows=rows, judge=judge, questions=questions, em_samples=samples, layer=layer,
-                           amplify_coef=amplify_coef)
+                           judge=judge, questions=questions, layer=layer, amplify_coef=amplify_coef, **sizes)
     results = run_em_experiment(cfg, out, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     console.print((out / "results.md").read_text())
     console.print(f"run directory: [bold]{out}[/bold] (results.json, results.md, figures/)")

@@ -3,8 +3,10 @@
 The protocol is deliberately small: a forward over ``input_ids`` that calls ``layer_fn(layer, hidden)``
 on the output of each requested decoder block (the callback may return a replacement), stops early
 after ``stop_after`` when no logits are needed, and threads a KV cache through. Generation, capture and
-interventions are written once on top of it. The default backend uses plain PyTorch forward hooks on a
-Hugging Face model; nnsight and TransformerLens backends implement the same protocol.
+interventions are written once on top of it. The hooks backend uses plain PyTorch forward hooks on a
+Hugging Face model; the fused backend (the default for Llama-family models) runs cache-free forwards
+through a fused reimplementation and everything else through hooks; nnsight and TransformerLens
+backends implement the same protocol.
 """
 
 from __future__ import annotations
@@ -79,8 +81,15 @@ def find_decoder_layers(hf_model: Any) -> torch.nn.ModuleList:
     )
 
 
+def default_backend(hf_model: Any) -> Backend:
+    """The fastest exact backend for ``hf_model``: fused for Llama-family models, hooks otherwise."""
+    from personaspace.engine.backends.fused_llama import FusedLlamaBackend, unsupported_reason
+
+    return HFHookBackend(hf_model) if unsupported_reason(hf_model) else FusedLlamaBackend(hf_model)
+
+
 class HFHookBackend:
-    """PyTorch forward hooks on a Hugging Face causal LM (the default, fastest backend)."""
+    """PyTorch forward hooks on a Hugging Face causal LM (any architecture; generation with a KV cache)."""
 
     name = "hooks"
 

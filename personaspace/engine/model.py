@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from personaspace.engine.backend import Backend, HFHookBackend
+from personaspace.engine.backend import Backend, default_backend
 from personaspace.engine.capture import Activations, CaptureAccumulator
 from personaspace.engine.chat import ChatFormatter, PromptLike
 from personaspace.engine.context import REDUCTIONS, StepContext, position_ids
@@ -67,7 +67,7 @@ class PersonaModel:
         self.hf_model = loaded.hf_model
         self.tokenizer = loaded.tokenizer
         self.model_hash = loaded.model_hash
-        self.backend: Backend = backend or HFHookBackend(self.hf_model)
+        self.backend: Backend = backend or default_backend(self.hf_model)
         self.n_layers = self.backend.n_layers
         self.d_model = self.backend.d_model
         self.formatter = ChatFormatter(self.tokenizer)
@@ -80,17 +80,18 @@ class PersonaModel:
         *,
         device: str | None = None,
         dtype: Any = None,
-        backend: str = "hooks",
+        backend: str = "auto",
         remote: bool | str = False,
         **kwargs: Any,
     ) -> PersonaModel:
         """Load an embedded model name, a local directory or a hub id (see :mod:`personaspace.models`).
 
-        ``backend``: "hooks" (default, fastest), "nnsight" (``remote=True`` for NDIF) or
-        "transformer_lens"; all give the same numbers (parity-tested).
+        ``backend``: "auto" (default: "fused" for Llama-family models, else "hooks"), "fused",
+        "hooks", "nnsight" (``remote=True`` for NDIF) or "transformer_lens"; all give the same numbers
+        (parity-tested).
         """
         loaded = load_pretrained(name, device=device, dtype=dtype, **kwargs)
-        if backend == "hooks" and not remote:
+        if backend == "auto" and not remote:
             return cls(loaded)
         from personaspace.engine.backends import make_backend
 

@@ -1,6 +1,6 @@
 """Parity of the backends on the embedded SmolLM2-135M-Instruct: same activations, same steered tokens.
 
-hooks (default) / nnsight (local trace) / nnsight remote path (nnsight's simulation of NDIF, with
+fused (the default for Llama-family models) / hooks / nnsight (local trace) / nnsight remote path (nnsight's simulation of NDIF, with
 personaspace unimportable during deserialization) / TransformerLens 4 TransformerBridge.
 """
 
@@ -29,7 +29,8 @@ def models(embedded_model):
     # TransformerLens switches its Hugging Face model to eager attention: give it its own copy.
     tl_base = PersonaModel.load("smollm2-135m-instruct")
     return {
-        "hooks": embedded_model,
+        "hooks": with_backend(embedded_model, "hooks"),
+        "fused": embedded_model,
         "nnsight": with_backend(embedded_model, "nnsight"),
         "remote-sim": with_backend(embedded_model, "nnsight", remote="local"),
         "transformer_lens": with_backend(tl_base, "transformer_lens"),
@@ -62,6 +63,9 @@ def test_steered_greedy_generation_token_for_token(models, steer):
         assert [g.response_ids for g in got] == [g.response_ids for g in ref], name
     remote = models["remote-sim"].generate(PROMPTS, system=SYSTEM, max_new_tokens=5, interventions=steer, use_cache=False)
     assert [g.response_ids for g in remote] == [g.response_ids[:5] for g in ref]
+    # without a cache every step is a full forward: the fused path computes the logits itself
+    fused = models["fused"].generate(PROMPTS, system=SYSTEM, max_new_tokens=12, interventions=steer, use_cache=False)
+    assert [g.response_ids for g in fused] == [g.response_ids for g in ref]
 
 
 def test_vector_extracted_in_one_backend_steers_identically_in_another(models):

@@ -42,17 +42,31 @@ def test_last_layer_is_raw_block_output_not_final_norm(tiny_model):
     assert rel_err(acts["all_avg"][0, 0], post_norm) > 1e-2
 
 
-def test_early_exit_skips_later_blocks_and_lm_head(tiny_model):
+@pytest.mark.parametrize("backend", ["fused", "hooks"])
+def test_early_exit_skips_later_blocks_and_lm_head(tiny_model, backend, monkeypatch):
+    from personaspace.engine.backends import with_backend
+
+    model = with_backend(tiny_model, backend)
     calls = {"late": 0, "head": 0}
-    late = tiny_model.backend.layers[2].register_forward_hook(lambda *a: calls.__setitem__("late", calls["late"] + 1))
-    head = tiny_model.hf_model.lm_head.register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
+
+    def count_late(*_):
+        calls["late"] += 1
+
+    if backend == "fused":  # the fused forward does not call the block modules: count its own blocks
+        run_block = model.backend._block
+        monkeypatch.setattr(model.backend, "_block", lambda i: (count_late() if i >= 2 else None, run_block(i))[1])
+        late = None
+    else:
+        late = model.backend.layers[2].register_forward_hook(count_late)
+    head = model.hf_model.lm_head.register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
     try:
-        tiny_model.capture(PROMPTS, RESPONSES, layers=[0, 1])
+        model.capture(PROMPTS, RESPONSES, layers=[0, 1])
         assert calls == {"late": 0, "head": 0}
-        tiny_model.capture(PROMPTS, RESPONSES, layers=[0, 1], early_exit=False)
+        model.capture(PROMPTS, RESPONSES, layers=[0, 1], early_exit=False)
         assert calls["late"] > 0 and calls["head"] > 0
     finally:
-        late.remove()
+        if late is not None:
+            late.remove()
         head.remove()
 
 

@@ -1,4 +1,4 @@
-"""Alternative backends for the engine: nnsight (local or NDIF) and TransformerLens 4.
+"""Alternative backends for the engine: fused Llama, nnsight (local or NDIF) and TransformerLens 4.
 
 Each implements the engine's backend protocol (:mod:`personaspace.engine.backend`), so generation,
 capture and interventions behave the same on all of them -- parity tests hold them to the default
@@ -17,20 +17,26 @@ from typing import Any
 
 import torch
 
-from personaspace.engine.backend import HFHookBackend
+from personaspace.engine.backend import HFHookBackend, default_backend
 from personaspace.engine.model import PersonaModel
 from personaspace.errors import BackendError
 from personaspace.models import LoadedModel
 
-BACKENDS = ("hooks", "nnsight", "transformer_lens")
+BACKENDS = ("auto", "fused", "hooks", "nnsight", "transformer_lens")
 
 
 def make_backend(name: str, hf_model: Any, tokenizer: Any, *, remote: bool | str = False) -> Any:
     """A backend by name over a Hugging Face model already in memory."""
     if remote and name != "nnsight":
         raise BackendError(f"Remote execution needs the nnsight backend, not {name!r}.")
+    if name == "auto":
+        return default_backend(hf_model)
     if name == "hooks":
         return HFHookBackend(hf_model)
+    if name == "fused":
+        from personaspace.engine.backends.fused_llama import FusedLlamaBackend
+
+        return FusedLlamaBackend(hf_model)
     if name == "nnsight":
         from personaspace.engine.backends.nnsight_backend import NNsightBackend
 

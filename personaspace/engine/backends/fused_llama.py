@@ -1,0 +1,219 @@
+"""A fused forward for Llama-family decoders: the fast path for capture and other cache-free forwards.
+
+The same arithmetic as Hugging Face's ``LlamaDecoderLayer``, arranged so that more of the time is spent
+in matrix multiplies and less in the small elementwise kernels around them:
+
+- q, k and v come from one matmul against a concatenated weight;
+- the residual adds are folded into the ``o_proj`` and ``down_proj`` matmuls (``addmm``);
+- the rotary embedding is one complex multiply: each head's q/k rows are permuted once so that the
+  pairs rotated together, ``(i, i + head_dim/2)`` in Hugging Face's layout, sit next to each other.
+  q and k get the same permutation, so every attention score is unchanged;
+- when every row is right-padded (what capture builds), padding is dropped: the matmuls run on the
+  real tokens only, packed, and attention scatters them back into rows and is plain causal
+  attention with no mask tensor (padding comes after a row's real tokens, so none can see it);
+- RMSNorm is PyTorch's fused ``rms_norm`` kernel, SiLU and the gate product run in place.
+
+Only forwards without a KV cache and without autograd take this path; generation with a cache,
+training and latent attacks use the plain hooks backend over the same modules. The fused q/k/v
+weights are a copy (about 12% of the weights of SmolLM2; made on first use, rebuilt when a source
+weight changes in place). Layer callbacks see exactly what the hooks backend shows them: the output
+of each decoder block, ``[batch, seq, d_model]``, and may return a replacement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from personaspace.engine.backend import ForwardOutput, HFHookBackend, LayerFn
+
+SUPPORTED_MODEL_TYPES = ("llama",)
+
+
+def unsupported_reason(hf_model: Any) -> str | None:
+    """Why ``hf_model`` cannot use the fused path, or None when it can."""
+    config = getattr(hf_model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {getattr(config, 'model_type', None)!r} is not one of {SUPPORTED_MODEL_TYPES}"
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        return "biases in attention or MLP"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"hidden_act {config.hidden_act!r}"
+    if getattr(config, "pretraining_tp", 1) != 1:
+        return "pretraining_tp > 1"
+    base = getattr(hf_model, "model", None)
+    if base is None or not hasattr(base, "rotary_emb") or not hasattr(base, "embed_tokens"):
+        return "no model.rotary_emb / model.embed_tokens"
+    return None
+
+
+def _interleave_rows(weight: Tensor, n_heads: int, head_dim: int) -> Tensor:
+    """Reorder each head's rows from Hugging Face's half-split rotary layout to adjacent pairs."""
+    half = head_dim // 2
+    order = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).reshape(-1)
+    return weight.view(n_heads, head_dim, -1)[:, order.to(weight.device)].reshape(n_heads * head_dim, -1)
+
+
+class _FusedBlock:
+    """One decoder block's weights, in the layout the fused forward wants."""
+
+    def __init__(self, block: Any, n_heads: int, n_kv: int, head_dim: int):
+        attn, mlp = block.self_attn, block.mlp
+        self.sources = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+        self.w_qkv = torch.cat([
+            _interleave_rows(attn.q_proj.weight.detach(), n_heads, head_dim),
+            _interleave_rows(attn.k_proj.weight.detach(), n_kv, head_dim),
+            attn.v_proj.weight.detach(),
+        ]).contiguous()
+        self.stamp = self._stamp()
+        self.o_proj, self.gate, self.up, self.down = attn.o_proj.weight, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
+        self.ln1, self.ln2 = block.input_layernorm, block.post_attention_layernorm
+
+    def _stamp(self) -> tuple:
+        return tuple((w.data_ptr(), w._version) for w in self.sources)
+
+    def stale(self) -> bool:
+        return self._stamp() != self.stamp
+
+
+class FusedLlamaBackend:
+    """The engine's backend protocol with a fused cache-free forward for Llama-family models.
+
+    >>> model = PersonaModel.load(backend="fused")                  # doctest: +SKIP
+    """
+
+    name = "fused"
+
+    def __init__(self, hf_model: Any):
+        reason = unsupported_reason(hf_model)
+        if reason:
+            from personaspace.errors import BackendError
+
+            raise BackendError(f"The fused backend supports Llama-family models only ({reason}); use backend='hooks'.")
+        self.hf_model = hf_model
+        self.hooks_backend = HFHookBackend(hf_model)
+        self.layers = self.hooks_backend.layers
+        self.n_layers = self.hooks_backend.n_layers
+        self.d_model = self.hooks_backend.d_model
+        config = hf_model.config
+        self.n_heads = int(config.num_attention_heads)
+        self.n_kv = int(getattr(config, "num_key_value_heads", None) or self.n_heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or self.d_model // self.n_heads)
+        self._blocks: list[_FusedBlock | None] = [None] * self.n_layers
+
+    # the protocol's other members are the hooks backend's
+    def new_cache(self) -> Any:
+        return self.hooks_backend.new_cache()
+
+    def hooks(self, layer_fns: dict[int, LayerFn], stop_after: int | None):
+        return self.hooks_backend.hooks(layer_fns, stop_after)
+
+    def forward(self, input_ids, attention_mask, position_ids, *, layer_fns, stop_after=None, cache=None, logits_to_keep=1):
+        if cache is not None or torch.is_grad_enabled():
+            return self.hooks_backend.forward(input_ids, attention_mask, position_ids, layer_fns=layer_fns,
+                                              stop_after=stop_after, cache=cache, logits_to_keep=logits_to_keep)
+        return self._fused_forward(input_ids, attention_mask, position_ids, layer_fns, stop_after, logits_to_keep)
+
+    def _block(self, i: int) -> _FusedBlock:
+        fb = self._blocks[i]
+        if fb is None or fb.stale():
+            fb = self._blocks[i] = _FusedBlock(self.layers[i], self.n_heads, self.n_kv, self.head_dim)
+        return fb
+
+    def _fused_forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
+                       layer_fns: dict[int, LayerFn], stop_after: int | None, logits_to_keep: int) -> ForwardOutput:
+        base = self.hf_model.model
+        batch, seq = input_ids.shape
+        valid = attention_mask.bool()
+        right_padded = bool((valid[:, 1:] <= valid[:, :-1]).all()) if seq > 1 else True
+        if right_padded:
+            # Packed: the matmuls see real tokens only; attention scatters them back per row.
+            index = valid.reshape(-1).nonzero().squeeze(1)
+            attend = self._packed_attention(batch, seq, index)
+        else:
+            index = None
+            attend = self._masked_attention(batch, seq, valid)
+        ids = input_ids.reshape(-1) if index is None else input_ids.reshape(-1)[index]
+        pos = position_ids.reshape(-1) if index is None else position_ids.reshape(-1)[index]
+        x = base.embed_tokens(ids)  # [tokens, d_model]
+        cos, sin = base.rotary_emb(x[None], pos[None])  # [1, tokens, head_dim], attention scaling included
+        half = self.head_dim // 2
+        rotation = torch.complex(cos[0, :, :half].float(), sin[0, :, :half].float()).to(_complex_dtype(x))[:, None]
+        last = self.n_layers - 1 if stop_after is None else stop_after
+        for i in range(last + 1):
+            x = self._run_block(self._block(i), x, rotation, attend)
+            fn = layer_fns.get(i)
+            if fn is not None:
+                x = _call_padded(fn, i, x, index, batch, seq)
+        if stop_after is not None:
+            return ForwardOutput(None, None)
+        hidden = _padded(x, index, batch, seq)
+        hidden = base.norm(hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:])
+        return ForwardOutput(self.hf_model.lm_head(hidden), None)
+
+    def _packed_attention(self, batch: int, seq: int, index: Tensor):
+        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            q, k, v = (_padded(t.reshape(t.shape[0], -1), index, batch, seq).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+                       for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
+            return out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
+
+        return attend
+
+    def _masked_attention(self, batch: int, seq: int, valid: Tensor):
+        # Causal, real keys only; every query may also see itself, so padding rows stay finite.
+        causal = torch.ones(seq, seq, dtype=torch.bool, device=valid.device).tril()
+        mask = (causal & valid[:, None, None, :]) | torch.eye(seq, dtype=torch.bool, device=valid.device)
+
+        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            q, k, v = (t.view(batch, seq, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
+            return out.transpose(1, 2).reshape(batch * seq, -1)
+
+        return attend
+
+    def _rotate(self, t: Tensor, n: int, rotation: Tensor) -> Tensor:
+        """Rotary embedding of ``t`` [tokens, n * head_dim] (interleaved pairs) -> [tokens, n, head_dim]."""
+        pairs = t.reshape(t.shape[0], n, self.head_dim // 2, 2)
+        if pairs.dtype not in (torch.float32, torch.float64):  # complex views need float32/64
+            return torch.view_as_real(torch.view_as_complex(pairs.float().contiguous()) * rotation).to(t.dtype).flatten(2)
+        return torch.view_as_real(torch.view_as_complex(pairs.contiguous()) * rotation).flatten(2)
+
+    def _run_block(self, fb: _FusedBlock, x: Tensor, rotation: Tensor, attend) -> Tensor:
+        """One decoder block on ``x`` [tokens, d_model]."""
+        d = x.shape[-1]
+        h = F.rms_norm(x, (d,), fb.ln1.weight, fb.ln1.variance_epsilon)
+        qkv = F.linear(h, fb.w_qkv)
+        nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q = self._rotate(qkv[:, :nq], self.n_heads, rotation)
+        k = self._rotate(qkv[:, nq : nq + nk], self.n_kv, rotation)
+        v = qkv[:, nq + nk :]
+        x = torch.addmm(x, attend(q, k, v), fb.o_proj.t())
+        h = F.rms_norm(x, (d,), fb.ln2.weight, fb.ln2.variance_epsilon)
+        gate = F.silu(F.linear(h, fb.gate), inplace=True).mul_(F.linear(h, fb.up))
+        return torch.addmm(x, gate, fb.down.t())
+
+
+def _complex_dtype(x: Tensor) -> torch.dtype:
+    return torch.complex128 if x.dtype == torch.float64 else torch.complex64
+
+
+def _padded(x: Tensor, index: Tensor | None, batch: int, seq: int) -> Tensor:
+    """``[tokens, width]`` -> ``[batch, seq, width]``: scatter packed tokens back (padding is zero)."""
+    if index is None:
+        return x.view(batch, seq, -1)
+    return x.new_zeros(batch * seq, x.shape[-1]).index_copy_(0, index, x).view(batch, seq, -1)
+
+
+def _call_padded(fn: LayerFn, layer: int, x: Tensor, index: Tensor | None, batch: int, seq: int) -> Tensor:
+    """Give a layer callback the ``[batch, seq, d_model]`` view it expects; take back its replacement."""
+    hidden = _padded(x, index, batch, seq)
+    new = fn(layer, hidden)
+    if new is hidden and index is not None:
+        return x  # unchanged (a capture): no need to gather the packed tokens again
+    new = hidden if new is None else new  # None: the callback may have edited the tensor in place
+    flat = new.reshape(batch * seq, -1)
+    return flat if index is None else flat.index_select(0, index)

@@ -1,0 +1,141 @@
+"""The fused Llama backend against the hooks backend on a tiny random Llama (GQA, 4 heads / 2 kv heads):
+same captures for every reduction, padding side, batch packing and intervention; same logits; it
+follows in-place weight edits; and it refuses, clearly, architectures it does not cover."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_tiny_llama
+from personaspace.engine import Ablate, Add, Cap, PersonaModel
+from personaspace.engine.backend import HFHookBackend, default_backend
+from personaspace.engine.backends import with_backend
+from personaspace.engine.backends.fused_llama import FusedLlamaBackend, unsupported_reason
+from personaspace.engine.context import REDUCTIONS, position_ids
+from personaspace.errors import BackendError
+from reference import rel_err
+
+PROMPTS = ["Tell me about cats.", "What is two plus two? Explain it slowly and at length.", "Hi", "Why is the sky blue?"]
+RESPONSES = ["Cats are small mammals.", "Four.", "Hello there, how can I help you today?", ""]
+
+
+@pytest.fixture(scope="module")
+def pair(embedded_tokenizer):
+    """The same tiny model behind both backends."""
+    model = PersonaModel.from_hf(make_tiny_llama(embedded_tokenizer, layers=3), embedded_tokenizer, name="tiny")
+    return model, with_backend(model, "hooks")
+
+
+def test_default_backend_is_fused_for_llama(pair):
+    fused, hooks = pair
+    assert isinstance(fused.backend, FusedLlamaBackend) and fused.backend.name == "fused"
+    assert isinstance(hooks.backend, HFHookBackend)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("budget", [16, 1024])  # many one-row batches / one packed batch
+def test_capture_matches_hooks_for_every_reduction(pair, side, budget):
+    fused, hooks = pair
+    kw = dict(reductions=REDUCTIONS, padding_side=side, token_budget=budget)
+    a, b = fused.capture(PROMPTS, RESPONSES, **kw), hooks.capture(PROMPTS, RESPONSES, **kw)
+    for r in REDUCTIONS:
+        assert rel_err(a[r], b[r]) < 1e-5, r
+        assert torch.equal(a.counts[r], b.counts[r])
+
+
+def test_capture_under_interventions_matches_hooks(pair):
+    fused, hooks = pair
+    v = torch.randn(fused.d_model, generator=torch.Generator().manual_seed(1))
+    ivs = [Add(v, coef=4.0, layers=[0], scope="response"), Ablate(v, layers=[1]), Cap(v, layers=[2], max=0.0, scope="prompt")]
+    for side in ("right", "left"):
+        a = fused.capture(PROMPTS, RESPONSES, interventions=ivs, padding_side=side)
+        b = hooks.capture(PROMPTS, RESPONSES, interventions=ivs, padding_side=side)
+        plain = hooks.capture(PROMPTS, RESPONSES, padding_side=side)
+        assert rel_err(plain["response_avg"], b["response_avg"]) > 1e-2  # the interventions bite
+        for r in a.data:
+            assert rel_err(a[r], b[r]) < 1e-5, (side, r)
+
+
+def test_early_exit_captures_equal_full_depth(pair):
+    fused, _ = pair
+    full = fused.capture(PROMPTS, RESPONSES, layers=[0, 1, 2])
+    early = fused.capture(PROMPTS, RESPONSES, layers=[0, 1])
+    assert torch.equal(full["response_avg"][:, :2], early["response_avg"])
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+def test_logits_match_hooks(pair, keep):
+    fused, hooks = pair
+    ids = [fused.prompt_ids(p) for p in PROMPTS]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([s + [fused.pad_id] * (width - len(s)) for s in ids])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
+    with torch.inference_mode():
+        a = fused.backend.forward(input_ids, mask, position_ids(mask), layer_fns={}, logits_to_keep=keep).logits
+        b = hooks.backend.forward(input_ids, mask, position_ids(mask), layer_fns={}, logits_to_keep=keep).logits
+    assert a.shape == b.shape
+    real = mask.bool() if keep == 0 else mask[:, -1:].bool()
+    assert rel_err(a[real], b[real]) < 1e-5
+
+
+def test_uncached_generation_gives_the_same_tokens(pair):
+    fused, hooks = pair
+    v = torch.randn(fused.d_model, generator=torch.Generator().manual_seed(2))
+    steer = [Add(v, coef=6.0, layers=[1])]
+    a = fused.generate(PROMPTS[:3], max_new_tokens=8, interventions=steer, use_cache=False)
+    b = hooks.generate(PROMPTS[:3], max_new_tokens=8, interventions=steer, use_cache=True)
+    assert [g.response_ids for g in a] == [g.response_ids for g in b]
+
+
+def test_callbacks_see_padded_rows_and_in_place_edits_count(pair):
+    """A callback gets [batch, seq, d]; one that edits in place and returns None changes what follows."""
+    fused, hooks = pair
+    ids = torch.tensor([fused.prompt_ids(p) for p in PROMPTS[2:3]])
+    mask = torch.ones_like(ids)
+    seen = []
+
+    def zero_in_place(layer, hidden):
+        seen.append(tuple(hidden.shape))
+        hidden.zero_()
+
+    with torch.inference_mode():
+        out = fused.backend.forward(ids, mask, position_ids(mask), layer_fns={0: zero_in_place}, logits_to_keep=1).logits
+        ref = hooks.backend.forward(ids, mask, position_ids(mask), layer_fns={0: zero_in_place}, logits_to_keep=1).logits
+    assert seen == [(1, ids.shape[1], fused.d_model)] * 2
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_in_place_weight_edits_are_followed(embedded_tokenizer):
+    model = PersonaModel.from_hf(make_tiny_llama(embedded_tokenizer, layers=2, seed=3), embedded_tokenizer)
+    hooks = with_backend(model, "hooks")
+    before = model.capture(PROMPTS, RESPONSES, layers=[1])["response_avg"]
+    with torch.no_grad():
+        model.hf_model.model.layers[1].self_attn.k_proj.weight.mul_(3.0)
+    after = model.capture(PROMPTS, RESPONSES, layers=[1])["response_avg"]
+    assert rel_err(after, before) > 1e-3
+    assert rel_err(after, hooks.capture(PROMPTS, RESPONSES, layers=[1])["response_avg"]) < 1e-5
+
+
+def test_autograd_forwards_go_through_hooks(pair):
+    fused, _ = pair
+    ids = torch.tensor([fused.prompt_ids("Hi")])
+    mask = torch.ones_like(ids)
+    with torch.enable_grad():
+        emb = fused.hf_model.model.embed_tokens.weight
+        emb.requires_grad_(True)
+        try:
+            logits = fused.backend.forward(ids, mask, position_ids(mask), layer_fns={}).logits
+            assert logits.requires_grad
+        finally:
+            emb.requires_grad_(False)
+
+
+def test_other_architectures_fall_back_to_hooks_or_fail_clearly():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32)).eval()
+    assert "gpt2" in unsupported_reason(gpt2)
+    assert isinstance(default_backend(gpt2), HFHookBackend)
+    with pytest.raises(BackendError, match="Llama-family models only .*backend='hooks'"):
+        FusedLlamaBackend(gpt2)
