@@ -70,6 +70,10 @@ def test_results_table_has_every_condition_with_sample_counts(experiment):
         assert row["model_organisms"]["n"] == row["n_answers"]  # this convention counts every answer
         assert row["betley"]["n"] <= row["n_answers"]
         assert row["judge"].startswith("offline")
+        strict = row["betley_by_coherence_cutoff"]
+        assert list(strict) == ["50", "70", "90"]
+        assert (strict["50"]["k"], strict["50"]["n"]) == (row["betley"]["k"], row["betley"]["n"])  # 50 is Betley's own
+        assert strict["50"]["n"] >= strict["70"]["n"] >= strict["90"]["n"]
     for label in CONDITIONS[3:]:
         assert "diff_vs_corrupt" in rows[label]["betley"]
     assert set(results["geometry"]) == {"corrupt", "control", "retest"}
