@@ -106,7 +106,7 @@ def test_callbacks_see_padded_rows_and_in_place_edits_count(pair):
     assert rel_err(out, ref) < 1e-5
 
 
-def test_in_place_weight_edits_are_followed(embedded_tokenizer):
+def test_weight_edits_and_replacements_are_followed(embedded_tokenizer):
     model = PersonaModel.from_hf(make_tiny_llama(embedded_tokenizer, layers=2, seed=3), embedded_tokenizer)
     hooks = with_backend(model, "hooks")
     before = model.capture(PROMPTS, RESPONSES, layers=[1])["response_avg"]
@@ -115,6 +115,13 @@ def test_in_place_weight_edits_are_followed(embedded_tokenizer):
     after = model.capture(PROMPTS, RESPONSES, layers=[1])["response_avg"]
     assert rel_err(after, before) > 1e-3
     assert rel_err(after, hooks.capture(PROMPTS, RESPONSES, layers=[1])["response_avg"]) < 1e-5
+    # replaced parameters (not edited in place) are followed too
+    block = model.hf_model.model.layers[0]
+    for lin in (block.self_attn.v_proj, block.mlp.down_proj):
+        lin.weight = torch.nn.Parameter(lin.weight.detach() * 2.0, requires_grad=False)
+    replaced = model.capture(PROMPTS, RESPONSES, layers=[1])["response_avg"]
+    assert rel_err(replaced, after) > 1e-3
+    assert rel_err(replaced, hooks.capture(PROMPTS, RESPONSES, layers=[1])["response_avg"]) < 1e-5
 
 
 def test_autograd_forwards_go_through_hooks(pair):

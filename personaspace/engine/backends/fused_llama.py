@@ -16,7 +16,7 @@ in matrix multiplies and less in the small elementwise kernels around them:
 Only forwards without a KV cache and without autograd take this path; generation with a cache,
 training and latent attacks use the plain hooks backend over the same modules. The fused q/k/v
 weights are a copy (about 12% of the weights of SmolLM2; made on first use, rebuilt when a source
-weight changes in place). Layer callbacks see exactly what the hooks backend shows them: the output
+weight is edited in place or replaced); all other weights are read from the live modules. Layer callbacks see exactly what the hooks backend shows them: the output
 of each decoder block, ``[batch, seq, d_model]``, and may return a replacement.
 """
 
@@ -58,22 +58,25 @@ def _interleave_rows(weight: Tensor, n_heads: int, head_dim: int) -> Tensor:
 
 
 class _FusedBlock:
-    """One decoder block's weights, in the layout the fused forward wants."""
+    """One decoder block's weights in the layout the fused forward wants.
+
+    Only the concatenated q/k/v weight is a copy; it is rebuilt when any of q, k, v is edited in place
+    or replaced. Every other weight is read from the live module at each call.
+    """
 
     def __init__(self, block: Any, n_heads: int, n_kv: int, head_dim: int):
-        attn, mlp = block.self_attn, block.mlp
-        self.sources = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+        self.block = block
+        attn = block.self_attn
         self.w_qkv = torch.cat([
             _interleave_rows(attn.q_proj.weight.detach(), n_heads, head_dim),
             _interleave_rows(attn.k_proj.weight.detach(), n_kv, head_dim),
             attn.v_proj.weight.detach(),
         ]).contiguous()
         self.stamp = self._stamp()
-        self.o_proj, self.gate, self.up, self.down = attn.o_proj.weight, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
-        self.ln1, self.ln2 = block.input_layernorm, block.post_attention_layernorm
 
     def _stamp(self) -> tuple:
-        return tuple((w.data_ptr(), w._version) for w in self.sources)
+        attn = self.block.self_attn
+        return tuple((w.data_ptr(), w._version) for w in (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
 
     def stale(self) -> bool:
         return self._stamp() != self.stamp
@@ -185,16 +188,18 @@ class FusedLlamaBackend:
     def _run_block(self, fb: _FusedBlock, x: Tensor, rotation: Tensor, attend) -> Tensor:
         """One decoder block on ``x`` [tokens, d_model]."""
         d = x.shape[-1]
-        h = F.rms_norm(x, (d,), fb.ln1.weight, fb.ln1.variance_epsilon)
+        block = fb.block
+        ln1, ln2, mlp = block.input_layernorm, block.post_attention_layernorm, block.mlp
+        h = F.rms_norm(x, (d,), ln1.weight, ln1.variance_epsilon)
         qkv = F.linear(h, fb.w_qkv)
         nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         q = self._rotate(qkv[:, :nq], self.n_heads, rotation)
         k = self._rotate(qkv[:, nq : nq + nk], self.n_kv, rotation)
         v = qkv[:, nq + nk :]
-        x = torch.addmm(x, attend(q, k, v), fb.o_proj.t())
-        h = F.rms_norm(x, (d,), fb.ln2.weight, fb.ln2.variance_epsilon)
-        gate = F.silu(F.linear(h, fb.gate), inplace=True).mul_(F.linear(h, fb.up))
-        return torch.addmm(x, gate, fb.down.t())
+        x = torch.addmm(x, attend(q, k, v), block.self_attn.o_proj.weight.t())
+        h = F.rms_norm(x, (d,), ln2.weight, ln2.variance_epsilon)
+        gate = F.silu(F.linear(h, mlp.gate_proj.weight), inplace=True).mul_(F.linear(h, mlp.up_proj.weight))
+        return torch.addmm(x, gate, mlp.down_proj.weight.t())
 
 
 def _complex_dtype(x: Tensor) -> torch.dtype:
@@ -209,7 +214,11 @@ def _padded(x: Tensor, index: Tensor | None, batch: int, seq: int) -> Tensor:
 
 
 def _call_padded(fn: LayerFn, layer: int, x: Tensor, index: Tensor | None, batch: int, seq: int) -> Tensor:
-    """Give a layer callback the ``[batch, seq, d_model]`` view it expects; take back its replacement."""
+    """Give a layer callback the ``[batch, seq, d_model]`` view it expects; take back its replacement.
+
+    As with hooks, a callback returns a replacement, or edits the tensor in place and returns None.
+    Returning the very tensor it was given means "unchanged" (a capture), so nothing is gathered back.
+    """
     hidden = _padded(x, index, batch, seq)
     new = fn(layer, hidden)
     if new is hidden and index is not None:
