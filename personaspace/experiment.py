@@ -9,8 +9,9 @@ interrupted run resumes):
 4. ``vectors/{corrupt,control,retest}`` -- the same extraction on the corrupted model, on the control
    model, and again on the aligned model with another sampling seed; geometry of the aligned model vs
    each (per-trait cosine, RSA, CKA with permutation/random nulls and bootstrap CIs). The retest is
-   the noise ceiling: how similar two extractions of the *same* model are at these sizes; the control
-   separates what any fine-tune does from what the corrupt data does;
+   the noise ceiling: how similar two extractions of the *same* model are at these sizes (with
+   ``vectors=`` precomputed, it compares that set with a fresh extraction at this run's sizes
+   instead); the control separates what any fine-tune does from what the corrupt data does;
 5. ``em/``              -- EM evaluation of aligned / control / corrupted, and of the corrupted model
    with the aligned model's SVV and evil vectors ablated and amplified (zero-shot), plus a random
    direction of equal norm as the control;
