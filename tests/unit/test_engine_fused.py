@@ -146,3 +146,51 @@ def test_other_architectures_fall_back_to_hooks_or_fail_clearly():
     assert isinstance(default_backend(gpt2), HFHookBackend)
     with pytest.raises(BackendError, match="Llama-family models only .*backend='hooks'"):
         FusedLlamaBackend(gpt2)
+
+
+def _tiny(kind: str, tokenizer, **extra):
+    """A tiny random Mistral / Qwen2 / Llama with GQA; biases (where present) made non-zero."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+
+    cls = {"mistral": MistralConfig, "qwen2": Qwen2Config, "llama": LlamaConfig}[kind]
+    torch.manual_seed(5)
+    config = cls(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                 pad_token_id=tokenizer.pad_token_id, **extra)
+    hf = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # random biases too, so their permutation is tested
+    hf.requires_grad_(False)
+    return PersonaModel.from_hf(hf, tokenizer, name=f"tiny-{kind}")
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("qwen2", {}),  # q/k/v biases
+    ("mistral", {"sliding_window": None}),
+    ("mistral", {"sliding_window": 64}),  # rows longer than the window go through Hugging Face's masking
+])
+def test_other_llama_family_architectures_match_hooks(embedded_tokenizer, kind, extra, monkeypatch):
+    fused = _tiny(kind, embedded_tokenizer, **extra)
+    assert isinstance(fused.backend, FusedLlamaBackend)
+    hooks = with_backend(fused, "hooks")
+    delegated = []
+    forward = fused.backend.hooks_backend.forward
+    monkeypatch.setattr(fused.backend.hooks_backend, "forward", lambda *a, **k: (delegated.append(a[0].shape[1]), forward(*a, **k))[1])
+    prompts, responses = PROMPTS + ["Tell me everything " * 20], RESPONSES + ["Fine."]
+    for side in ("right", "left"):
+        for budget in (64, 4096):  # short rows alone / everything in one batch
+            kw = dict(reductions=REDUCTIONS, padding_side=side, token_budget=budget)
+            a, b = fused.capture(prompts, responses, **kw), hooks.capture(prompts, responses, **kw)
+            for r in REDUCTIONS:
+                assert rel_err(a[r], b[r]) < 1e-5, (kind, side, budget, r)
+    window = extra.get("sliding_window")
+    assert all(width > window for width in delegated) if window else not delegated
+    if window:
+        assert delegated  # the long row went to hooks; the short batches ran fused
+
+
+def test_biases_outside_q_k_v_fall_back_to_hooks(embedded_tokenizer):
+    model = _tiny("llama", embedded_tokenizer, attention_bias=True)  # a bias on o_proj too
+    assert "biases" in unsupported_reason(model.hf_model)
+    assert isinstance(model.backend, HFHookBackend)

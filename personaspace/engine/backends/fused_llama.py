@@ -1,4 +1,4 @@
-"""A fused forward for Llama-family decoders: the fast path for capture and other cache-free forwards.
+"""A fused forward for Llama-family decoders (Llama, Mistral, Qwen2): the fast path for cache-free forwards.
 
 The same arithmetic as Hugging Face's ``LlamaDecoderLayer``, arranged so that more of the time is spent
 in matrix multiplies and less in the small elementwise kernels around them:
@@ -14,10 +14,12 @@ in matrix multiplies and less in the small elementwise kernels around them:
 - RMSNorm is PyTorch's fused ``rms_norm`` kernel, SiLU and the gate product run in place.
 
 Only forwards without a KV cache and without autograd take this path; generation with a cache,
-training and latent attacks use the plain hooks backend over the same modules. The fused q/k/v
+training and latent attacks use the plain hooks backend over the same modules, and so do sequences
+longer than a sliding attention window (Mistral; Qwen2 with ``use_sliding_window``). The fused q/k/v
 weights are a copy (about 12% of the weights of SmolLM2; made on first use, rebuilt when a source
-weight is edited in place or replaced); all other weights are read from the live modules. Layer callbacks see exactly what the hooks backend shows them: the output
-of each decoder block, ``[batch, seq, d_model]``, and may return a replacement.
+weight is edited in place or replaced); all other weights are read from the live modules. Layer
+callbacks see exactly what the hooks backend shows them: the output of each decoder block,
+``[batch, seq, d_model]``, and may return a replacement.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import Tensor
 
 from personaspace.engine.backend import ForwardOutput, HFHookBackend, LayerFn
 
-SUPPORTED_MODEL_TYPES = ("llama",)
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")  # the same block; Qwen2 adds q/k/v biases
 
 
 def unsupported_reason(hf_model: Any) -> str | None:
@@ -38,23 +40,36 @@ def unsupported_reason(hf_model: Any) -> str | None:
     config = getattr(hf_model, "config", None)
     if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return f"model_type {getattr(config, 'model_type', None)!r} is not one of {SUPPORTED_MODEL_TYPES}"
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        return "biases in attention or MLP"
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"hidden_act {config.hidden_act!r}"
     if getattr(config, "pretraining_tp", 1) != 1:
         return "pretraining_tp > 1"
     base = getattr(hf_model, "model", None)
-    if base is None or not hasattr(base, "rotary_emb") or not hasattr(base, "embed_tokens"):
-        return "no model.rotary_emb / model.embed_tokens"
+    if base is None or not hasattr(base, "rotary_emb") or not hasattr(base, "embed_tokens") or not len(getattr(base, "layers", ())):
+        return "no model.rotary_emb / model.embed_tokens / model.layers"
+    block = base.layers[0]
+    if any(getattr(m, "bias", None) is not None for m in (block.self_attn.o_proj, block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj)):
+        return "biases on o_proj or the MLP"
     return None
 
 
+def sliding_window(config: Any) -> int | None:
+    """The attention window when some layer uses one (Mistral; Qwen2 with use_sliding_window), else None."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return int(window) if "sliding_attention" in types else None
+    return int(window) if getattr(config, "model_type", None) == "mistral" else None
+
+
 def _interleave_rows(weight: Tensor, n_heads: int, head_dim: int) -> Tensor:
-    """Reorder each head's rows from Hugging Face's half-split rotary layout to adjacent pairs."""
+    """Reorder each head's rows (or bias entries) from Hugging Face's half-split rotary layout to adjacent pairs."""
     half = head_dim // 2
     order = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).reshape(-1)
-    return weight.view(n_heads, head_dim, -1)[:, order.to(weight.device)].reshape(n_heads * head_dim, -1)
+    rows = weight.reshape(n_heads, head_dim, -1)[:, order.to(weight.device)]
+    return rows.reshape(n_heads * head_dim, -1) if weight.ndim == 2 else rows.reshape(-1)
 
 
 class _FusedBlock:
@@ -66,17 +81,28 @@ class _FusedBlock:
 
     def __init__(self, block: Any, n_heads: int, n_kv: int, head_dim: int):
         self.block = block
-        attn = block.self_attn
+        q, k, v = self._sources()
         self.w_qkv = torch.cat([
-            _interleave_rows(attn.q_proj.weight.detach(), n_heads, head_dim),
-            _interleave_rows(attn.k_proj.weight.detach(), n_kv, head_dim),
-            attn.v_proj.weight.detach(),
+            _interleave_rows(q.weight.detach(), n_heads, head_dim),
+            _interleave_rows(k.weight.detach(), n_kv, head_dim),
+            v.weight.detach(),
         ]).contiguous()
+        self.b_qkv = None
+        if q.bias is not None:  # Qwen2: biases on q, k and v, permuted like their rows
+            self.b_qkv = torch.cat([
+                _interleave_rows(q.bias.detach(), n_heads, head_dim),
+                _interleave_rows(k.bias.detach(), n_kv, head_dim),
+                v.bias.detach(),
+            ]).contiguous()
         self.stamp = self._stamp()
 
-    def _stamp(self) -> tuple:
+    def _sources(self) -> tuple:
         attn = self.block.self_attn
-        return tuple((w.data_ptr(), w._version) for w in (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
+        return attn.q_proj, attn.k_proj, attn.v_proj
+
+    def _stamp(self) -> tuple:
+        params = [p for m in self._sources() for p in (m.weight, m.bias) if p is not None]
+        return tuple((p.data_ptr(), p._version) for p in params)
 
     def stale(self) -> bool:
         return self._stamp() != self.stamp
@@ -105,6 +131,7 @@ class FusedLlamaBackend:
         self.n_heads = int(config.num_attention_heads)
         self.n_kv = int(getattr(config, "num_key_value_heads", None) or self.n_heads)
         self.head_dim = int(getattr(config, "head_dim", None) or self.d_model // self.n_heads)
+        self.window = sliding_window(config)
         self._blocks: list[_FusedBlock | None] = [None] * self.n_layers
 
     # the protocol's other members are the hooks backend's
@@ -115,7 +142,9 @@ class FusedLlamaBackend:
         return self.hooks_backend.hooks(layer_fns, stop_after)
 
     def forward(self, input_ids, attention_mask, position_ids, *, layer_fns, stop_after=None, cache=None, logits_to_keep=1):
-        if cache is not None or torch.is_grad_enabled():
+        # Sequences longer than a sliding attention window go through Hugging Face's own masking.
+        too_long = self.window is not None and input_ids.shape[1] > self.window
+        if cache is not None or torch.is_grad_enabled() or too_long:
             return self.hooks_backend.forward(input_ids, attention_mask, position_ids, layer_fns=layer_fns,
                                               stop_after=stop_after, cache=cache, logits_to_keep=logits_to_keep)
         return self._fused_forward(input_ids, attention_mask, position_ids, layer_fns, stop_after, logits_to_keep)
@@ -191,7 +220,7 @@ class FusedLlamaBackend:
         block = fb.block
         ln1, ln2, mlp = block.input_layernorm, block.post_attention_layernorm, block.mlp
         h = F.rms_norm(x, (d,), ln1.weight, ln1.variance_epsilon)
-        qkv = F.linear(h, fb.w_qkv)
+        qkv = F.linear(h, fb.w_qkv, fb.b_qkv)
         nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         q = self._rotate(qkv[:, :nq], self.n_heads, rotation)
         k = self._rotate(qkv[:, nq : nq + nk], self.n_kv, rotation)
