@@ -93,6 +93,16 @@ def write_result(name: str, result: dict) -> Path:
     return path
 
 
+def report(name: str, result: dict) -> Path:
+    """Write ``result`` (see :func:`write_result`) and print it, one aligned line per key."""
+    path = write_result(name, result)
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:>{width}}: {value}")
+    print(f"written to {path}")
+    return path
+
+
 def make_pairs(model, n: int, max_new_tokens: int):
     """Realistic (prompt, response) pairs: trait questions under contrast prompts, answered by the model.
 

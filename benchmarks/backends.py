@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from _common import make_pairs, write_result
+from _common import make_pairs, report
 from personaspace import load_model
 from personaspace.engine import Add, PersonaModel
 from personaspace.engine.backends import with_backend
@@ -100,10 +100,7 @@ def main() -> None:
         "generation_same_tokens_as_hooks": {k: t == texts["hooks"] for k, t in texts.items()},
         "note": "nnsight_remote_sim = nnsight's local simulation of NDIF (serialize + deserialize every forward, no KV cache).",
     }
-    path = write_result("backends", result)
-    for k, val in result.items():
-        print(f"{k:>46}: {val}")
-    print(f"written to {path}")
+    report("backends", result)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from _common import best_of, block_matmul_gflops, decoder_flops, make_pairs, matmul_peak_gflops, write_result
+from _common import best_of, block_matmul_gflops, decoder_flops, make_pairs, matmul_peak_gflops, report
 from personaspace import load_model
 from personaspace.engine.backends import with_backend
 
@@ -111,10 +111,7 @@ def main() -> None:
         "max_rel_error_mid_vs_reference": rel_mid,
         "targets": {"speedup_all_layers": 1.5, "speedup_mid_depth": 2.5, "fraction_of_peak": 0.75, "rel_error": 1e-4},
     }
-    path = write_result("capture", result)
-    for k, v in result.items():
-        print(f"{k:>32}: {v}")
-    print(f"written to {path}")
+    report("capture", result)
 
 
 if __name__ == "__main__":

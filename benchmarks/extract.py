@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from _common import write_result
+from _common import report
 from personaspace import load_model, load_trait
 
 
@@ -108,10 +108,7 @@ def main() -> None:
         "max_rel_error_vector": float((v_ours - v_ref).norm() / v_ref.norm()),
         "target_speedup": 2.0,
     }
-    path = write_result("extract", result)
-    for k, v in result.items():
-        print(f"{k:>36}: {v}")
-    print(f"written to {path}")
+    report("extract", result)
 
 
 if __name__ == "__main__":

@@ -38,8 +38,6 @@ from personaspace.metrics import bootstrap_ci, mean_ci, pearson, spearman
 from personaspace.vectors import PersonaVector
 
 if TYPE_CHECKING:
-    from jaxtyping import Float
-
     from personaspace.engine.model import PersonaModel
 
 __all__ = [
@@ -371,7 +369,6 @@ def monitor_trait(
     rows = []
     for lab, p, r in zip(labels, prompts, res.rows):
         rows.append({"condition": lab, "system": p.system, "question": p.user, **{k: v for k, v in r.items() if k != "prompt"}})
-    x = [r["prompt_last"] for r in rows]
     y = [r["trait_score"] for r in rows]
     by_condition, within_r = [], []
     for lab, _ in conditions:

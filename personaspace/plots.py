@@ -21,8 +21,6 @@ import numpy as np
 from personaspace._io import atomic_path, write_text
 
 if TYPE_CHECKING:
-    import plotly.graph_objects as go
-
     from personaspace.compare import Comparison
     from personaspace.geometry import PCAResult, SimilarityMatrix
     from personaspace.svv import SVVReport

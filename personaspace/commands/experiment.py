@@ -41,6 +41,6 @@ def em_cmd(
     sizes = {k: v for k, v in {"n_rows": rows, "em_samples": samples}.items() if v is not None}
     cfg = ExperimentConfig(model=model, traits=tuple(trait) or DEFAULT_TRAITS, vectors=vectors, domain=domain,
                            judge=judge, questions=questions, layer=layer, amplify_coef=amplify_coef, **sizes)
-    results = run_em_experiment(cfg, out, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    run_em_experiment(cfg, out, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
     console.print((out / "results.md").read_text())
     console.print(f"run directory: [bold]{out}[/bold] (results.json, results.md, figures/)")

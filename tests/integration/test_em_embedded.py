@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 from personaspace.em import em_rate, evaluate_em, load_questions
 
 

@@ -18,13 +18,6 @@ ROWS = [
 SMALL = dict(batch_size=2, lr=2e-3, max_steps=4, max_length=64, eval_rows=4, rank=8, alpha=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine is shared: one thread avoids oversubscription stalls in these short runs.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _last_logits(model, prompt):

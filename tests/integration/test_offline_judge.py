@@ -255,25 +255,17 @@ def test_agreement_with_intended_labels():
 
 @pytest.mark.slow
 def test_hf_judge_on_the_embedded_model():
-    import torch
-
     from personaspace.judges.hf_judge import HFJudge
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        judge = get_judge("hf:smollm2-135m-instruct")
-        assert isinstance(judge, HFJudge)
-        assert not judge.tokens.single_token_numbers()  # SmolLM2 writes numbers digit by digit
-        assert sorted(judge.tokens.first.values()) == list(range(10))
-        evil = _trait("evil")
-        [score] = judge.score([JudgeItem(*EVIL_PAIRS[0][:2], trait=evil)])
-        assert score.judge == "hf:smollm2-135m-instruct"
-        assert score.value is None or 0.0 <= score.value <= 100.0
-        assert score.detail.startswith("mass=") or score.detail in ("refusal", "code")
-    finally:
-        torch.set_num_threads(threads)
-
+    judge = get_judge("hf:smollm2-135m-instruct")
+    assert isinstance(judge, HFJudge)
+    assert not judge.tokens.single_token_numbers()  # SmolLM2 writes numbers digit by digit
+    assert sorted(judge.tokens.first.values()) == list(range(10))
+    evil = _trait("evil")
+    [score] = judge.score([JudgeItem(*EVIL_PAIRS[0][:2], trait=evil)])
+    assert score.judge == "hf:smollm2-135m-instruct"
+    assert score.value is None or 0.0 <= score.value <= 100.0
+    assert score.detail.startswith("mass=") or score.detail in ("refusal", "code")
 
 if __name__ == "__main__":
     import torch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from personaspace.datasets import (
     DOMAINS,
@@ -18,13 +17,6 @@ from personaspace.datasets import (
 from personaspace.errors import DatasetError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls gain nothing from threads and suffer badly on a shared, loaded CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _conv(q="Hi?", a="Hello."):

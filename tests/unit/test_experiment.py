@@ -3,11 +3,13 @@ every condition with its sample counts, steering conditions really steer, and a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from conftest import make_tiny_llama
+from personaspace.errors import PersonaspaceError
 from personaspace.experiment import ExperimentConfig, run_em_experiment
 
 QUESTIONS = """
@@ -89,10 +91,6 @@ def test_results_table_has_every_condition_with_sample_counts(experiment):
 
 def test_a_run_directory_with_other_settings_is_refused(experiment):
     cfg, run, _, _ = experiment
-    import dataclasses
-
-    from personaspace.errors import PersonaspaceError
-
     with pytest.raises(PersonaspaceError, match="other settings .*n_rows"):
         run_em_experiment(dataclasses.replace(cfg, n_rows=7), run)
 

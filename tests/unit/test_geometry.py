@@ -8,7 +8,7 @@ import torch
 
 from personaspace import geometry as g
 from personaspace.errors import LayerOutOfRangeError, PersonaspaceError, UnknownTraitError
-from personaspace.traits import list_traits, load_trait
+from personaspace.traits import list_traits
 from personaspace.vectors import PersonaVector, VectorMeta, VectorSet
 
 D, L = 48, 3

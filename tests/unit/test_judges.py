@@ -389,17 +389,6 @@ CHAT_TEMPLATE = (
 )
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy shared CPU spin for seconds."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _save_tiny_model(directory, *, split_digits: bool, seed: int = 0):
     """A 2-layer Llama with a word-level tokenizer: digits split, or one token per number 0..100."""
     import torch
@@ -441,7 +430,7 @@ def _save_tiny_model(directory, *, split_digits: bool, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, one_torch_thread):
+def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny-judges")
     return {
         "split": _save_tiny_model(root / "split", split_digits=True),
@@ -511,7 +500,7 @@ def test_hf_judge_number_tree_matches_brute_force(tiny_models, kind):
         assert 0.0 <= together.value <= 100.0
 
 
-def test_hf_judge_reads_a_split_number_as_a_whole(tmp_path, one_torch_thread):
+def test_hf_judge_reads_a_split_number_as_a_whole(tmp_path):
     """A model wired to answer "8" then "5" (or "0") scores about 83, not 8."""
     import torch
 

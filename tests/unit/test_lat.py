@@ -31,12 +31,6 @@ TRIPLES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest and avoids oversubscription
-    yield
-    torch.set_num_threads(before)
 
 
 def _hook_count(model) -> int:

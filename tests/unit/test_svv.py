@@ -12,7 +12,7 @@ s = importlib.import_module("personaspace.svv")  # the module; ps.svv may be the
 from personaspace.errors import PersonaspaceError
 from personaspace.geometry import _library_valence
 from personaspace.traits import list_traits
-from personaspace.vectors import VectorSet, load_vectors
+from personaspace.vectors import load_vectors
 from test_geometry import valence_set
 
 
