@@ -131,20 +131,22 @@ def main() -> None:
               [[t, g._library_valence(t) or "-", str(m.n_kept), str(m.n_dropped), str(m.judge),
                 str(m.extra.get("heldout_auroc_best"))] for t, m in meta.items()]),
         "",
-        "Kept-pair counts are small for several traits, so bootstrap intervals below are wide; intervals are "
-        "percentile intervals over pairs resampled with replacement (which also attenuates |cosines| a little: noise "
-        "in the replicates pulls them towards 0).",
+        "Kept-pair counts are small for several traits, so bootstrap intervals below are wide. Pairs are resampled "
+        "with replacement; the intervals are basic (pivotal) bootstrap intervals, which correct for the bias that "
+        "resampling itself adds (see below and `docs/geometry.md`).",
         "",
         "## Summary statistics",
         "",
-        table(["statistic", "value", "bootstrap mean", "95% CI (bootstrap percentile)", "random directions (same norms): mean (95%), p"],
-              [[k, f"{e['value']:.3f}", f"{e['boot_mean']:.3f}" if "boot_mean" in e else "n/a", ci(e), null(e, "null_random")]
+        table(["statistic", "value", "bootstrap mean", "95% CI (basic)", "95% CI (percentile)", "random directions (same norms): mean (95%), p"],
+              [[k, f"{e['value']:.3f}", f"{e['boot_mean']:.3f}" if "boot_mean" in e else "n/a", ci(e),
+                ci({"ci95": e.get("ci95_percentile")}), null(e, "null_random")]
                for k, e in a["summary"].items()]),
         "",
-        "When the bootstrap mean sits below the estimate (and the percentile interval even excludes it), that is the "
-        "resampling noise at work: each replicate vector is the estimate plus extra noise, which spreads the traits "
-        "apart and lowers |cosines| and the PC1 share. The intervals therefore describe the sampling spread, shifted "
-        "downwards; the estimate itself is the better point value.",
+        "Each replicate vector is the estimate plus extra resampling noise, which spreads the traits apart and "
+        "lowers |cosines| and the PC1 share: the bootstrap mean sits below the estimate, and the percentile interval "
+        "can exclude it. The basic interval reflects the replicates about the estimate (2 x estimate - quantiles), "
+        "so it moves up by that bias: read it as the plausible range of the statistic with unlimited pairs. Both "
+        "are shown; they differ exactly as much as resampling is biased.",
         "",
         "`common_component_norm` is the norm of the mean of the unit trait vectors: 0 if the traits share nothing, "
         "1 if they are identical. Raw cosines include this shared component; centred cosines remove it.",

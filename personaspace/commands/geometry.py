@@ -79,18 +79,26 @@ def single_set_report(vectors: VectorSet, layer: int, *, n_boot: int = 200, n_nu
         boot = g.bootstrap(vectors, n_boot, [layer], seed=seed)
         report["bootstrap"] = boot.info()
         if len(boot.fixed) < len(traits):
+            # Basic intervals, as in compare: resampled vectors are noisier, so replicates run biased.
             reps = [stats(s) for s in boot]
+            bounds = {"common_component_norm": (0.0, np.inf)}
             for k in summary:
-                summary[k]["ci95"] = g.percentile_ci([r[k] for r in reps])
-                summary[k]["boot_mean"] = float(np.mean([r[k] for r in reps]))
+                values = [r[k] for r in reps]
+                summary[k]["ci95"] = g.basic_ci(values, summary[k]["value"], bounds=bounds.get(k, (0.0, 1.0)))
+                summary[k]["ci95_percentile"] = g.percentile_ci(values)
+                summary[k]["boot_mean"] = float(np.mean(values))
             mats = np.stack([g.cosine_matrix(s, layer).values for s in boot])
-            report["similarity_raw"]["ci95_low"] = np.round(np.quantile(mats, 0.025, axis=0), 4).tolist()
-            report["similarity_raw"]["ci95_high"] = np.round(np.quantile(mats, 0.975, axis=0), 4).tolist()
+            lo, hi = np.quantile(mats, 0.025, axis=0), np.quantile(mats, 0.975, axis=0)
+            report["similarity_raw"]["ci95_low"] = np.round(np.clip(2 * raw.values - hi, -1, 1), 4).tolist()
+            report["similarity_raw"]["ci95_high"] = np.round(np.clip(2 * raw.values - lo, -1, 1), 4).tolist()
             if have_valence:
                 names = list(labels)
                 y = np.array([labels[t] for t in names])
                 aucs = [g._separation_stat(g._pca_arrays(g.trait_matrix(s, layer, names))[2][:, 0], y) for s in boot]
-                report["valence_separation_pc1"]["ci95"] = g.percentile_ci(aucs)
+                sep = report["valence_separation_pc1"]
+                sep["ci95"] = g.basic_ci(aucs, sep["auroc"], bounds=(0.5, 1.0))  # sign-free AUROC
+                sep["ci95_percentile"] = g.percentile_ci(aucs)
+            report["bootstrap"]["interval"] = "basic (pivotal); ci95_percentile keeps the percentile interval"
     return report
 
 

@@ -74,6 +74,10 @@ def test_report_figures_render_offline_in_chromium(space, tmp_path):
     assert a["n_traits"] == len(vs) and a["layer"] == 15 and set(a["summary"]) >= {"pc1_explained", "mean_abs_cos_centered"}
     if any(g._resolve_run_dir(vs[t]) for t in vs.traits):
         assert "ci95" in a["summary"]["pc1_explained"] and "ci95" in result["comparison"]["metrics"]["rsa_pearson"]
+        for k, e in a["summary"].items():  # basic intervals: the percentile ones reflected about the estimate
+            lo, hi = e["ci95_percentile"]
+            top = np.inf if k == "common_component_norm" else 1.0
+            assert e["ci95"] == pytest.approx(np.clip([2 * e["value"] - hi, 2 * e["value"] - lo], 0.0, top), abs=1e-4), k
     assert set(a["svv"]["loto"]) == {"contrast", "pc1", "probe"}
     assert result["comparison"]["layer_b"] == 20
     html = sorted(out.glob("*.html"))
