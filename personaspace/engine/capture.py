@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from personaspace.engine.context import REDUCTIONS, StepContext
+
+if TYPE_CHECKING:  # shape hints only
+    from jaxtyping import Float, Int
 
 
 @dataclass
@@ -67,6 +71,7 @@ class CaptureAccumulator:
         """Prepare the reduction weights of one forward pass and count its tokens."""
         w = torch.stack([ctx.reduction_mask(r) for r in self.reductions]).float()  # [R, B, T]
         self._weights = w
+        self._packed_weights: tuple[Tensor, Tensor] | None = None  # (index, [R * B, tokens]) of this pass
         self._valid = ctx.valid
         self._rows = ctx.rows
         self.counts.index_add_(1, ctx.rows.to(self.counts.device), w.sum(-1).to(self.counts.device))
@@ -78,6 +83,21 @@ class CaptureAccumulator:
         h = hidden.float().masked_fill(~self._valid.to(hidden.device)[..., None], 0.0)
         contrib = torch.einsum("rbt,btd->rbd", w, h).to(self.sums.device)  # [R, B, d]
         self.sums[:, :, self._slot[layer]].index_add_(1, self._rows.to(self.sums.device), contrib)
+
+    def add_packed(self, layer: int, x: Float[Tensor, "tokens d_model"], index: Int[Tensor, " tokens"]) -> None:
+        """Accumulate one layer's output on packed real tokens: ``x[j]`` is flat position ``index[j]``.
+
+        The weighted sums become one small matmul, ``[R * batch, tokens] @ x``; the weight matrix is
+        built once per forward pass (every layer of a pass shares ``index``).
+        """
+        if self._packed_weights is None or self._packed_weights[0] is not index:
+            r, batch, seq = self._weights.shape
+            w = self._weights.to(x.device).reshape(r, batch * seq).index_select(1, index)  # [R, tokens]
+            spread = torch.zeros(r, batch, index.numel(), device=x.device)
+            spread[:, index // seq, torch.arange(index.numel(), device=x.device)] = w
+            self._packed_weights = (index, spread.view(r * batch, -1))
+        contrib = (self._packed_weights[1] @ x.float()).view(len(self.reductions), -1, x.shape[-1])
+        self.sums[:, :, self._slot[layer]].index_add_(1, self._rows.to(self.sums.device), contrib.to(self.sums.device))
 
     def result(self) -> Activations:
         means = self.sums / self.counts.clamp(min=1)[:, :, None, None]

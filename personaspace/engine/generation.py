@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -17,6 +18,9 @@ from personaspace.engine.backend import Backend, LayerFn
 from personaspace.engine.capture import CaptureAccumulator
 from personaspace.engine.context import StepContext, position_ids
 from personaspace.engine.interventions import Intervention
+
+if TYPE_CHECKING:  # shape hints only
+    from jaxtyping import Float, Int
 
 
 # Bump when sampling draws different tokens for the same seed, so cached runs made before are not reused.
@@ -37,21 +41,48 @@ class ContextSlot:
     ctx: StepContext
 
 
+class LayerCallback:
+    """What the engine does at one hooked layer: apply that layer's interventions in order, then capture.
+
+    Called as a :data:`LayerFn` on the ``[batch, seq, d_model]`` output of a block. Backends that drop
+    padding (the fused backend) may instead call :meth:`packed` on the real tokens only, when
+    :meth:`handles_packed` says the layer's work is position-wise.
+    """
+
+    def __init__(self, slot: ContextSlot, interventions: dict[int, list[Intervention]], capture: CaptureAccumulator | None):
+        self.slot = slot
+        self.interventions = interventions
+        self.capture = capture
+
+    def __call__(self, layer: int, hidden: Tensor) -> Tensor:
+        ctx = self.slot.ctx
+        for iv in self.interventions.get(layer, ()):
+            hidden = iv.apply(layer, hidden, ctx.scope_mask(iv.scope).to(hidden.device))
+        if self.capture is not None and layer in self.capture._slot:
+            self.capture.add(layer, hidden)
+        return hidden
+
+    def handles_packed(self, layer: int) -> bool:
+        """True when every intervention at ``layer`` acts on each position alone (built-in ones do)."""
+        return all(iv.positionwise for iv in self.interventions.get(layer, ()))
+
+    def packed(self, layer: int, x: Float[Tensor, "tokens d_model"], index: Int[Tensor, " tokens"]) -> Tensor:
+        """The same work on packed real tokens: ``x[j]`` is flat position ``index[j]`` of the batch."""
+        ctx = self.slot.ctx
+        for iv in self.interventions.get(layer, ()):
+            mask = ctx.scope_mask(iv.scope).reshape(-1).to(x.device).index_select(0, index)
+            x = iv.apply(layer, x[None], mask[None])[0]
+        if self.capture is not None and layer in self.capture._slot:
+            self.capture.add_packed(layer, x, index)
+        return x
+
+
 def layer_callbacks(
     slot: ContextSlot, interventions: dict[int, list[Intervention]], capture: CaptureAccumulator | None
 ) -> dict[int, LayerFn]:
     """One callback per hooked layer: apply that layer's interventions in order, then capture."""
-    layers = set(interventions) | set(capture.layers if capture else ())
-
-    def fn(layer: int, hidden: Tensor) -> Tensor:
-        ctx = slot.ctx
-        for iv in interventions.get(layer, ()):
-            hidden = iv.apply(layer, hidden, ctx.scope_mask(iv.scope).to(hidden.device))
-        if capture is not None and layer in capture._slot:
-            capture.add(layer, hidden)
-        return hidden
-
-    return {layer: fn for layer in layers}
+    fn = LayerCallback(slot, interventions, capture)
+    return {layer: fn for layer in set(interventions) | set(capture.layers if capture else ())}
 
 
 def sample_next(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> Tensor:

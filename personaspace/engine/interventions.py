@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -42,6 +42,16 @@ def _as_table(vector: Any) -> tuple[Tensor, tuple[int, ...] | None]:
 
 @dataclass
 class Intervention:
+    """Base of every intervention: a vector (one row, or one per layer), the layers it hooks, a scope.
+
+    Subclasses implement ``apply(layer, hidden [..., seq, d_model], mask [..., seq])``. A subclass whose
+    ``apply`` treats every position on its own sets ``positionwise = True``; backends that drop padding
+    may then run it on packed tokens (``[1, tokens, d_model]``) instead of padded rows. A subclass that
+    overrides ``apply`` without saying so counts as not position-wise, even below ``Add``.
+    """
+
+    positionwise: ClassVar[bool] = False
+
     vector: Any
     layers: LayerSpec = None
     scope: str = "all"
@@ -49,6 +59,11 @@ class Intervention:
     _table: Tensor = field(init=False, repr=False)
     _rows: tuple[int, ...] | None = field(init=False, repr=False)
     _cache: dict = field(init=False, repr=False, default_factory=dict)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "apply" in cls.__dict__ and "positionwise" not in cls.__dict__:
+            cls.positionwise = False  # a new apply is not assumed position-wise: it has to say so
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -108,6 +123,8 @@ def _unit(v: Tensor) -> Tensor:
 class Add(Intervention):
     """``h += coef * v`` at the scoped positions."""
 
+    positionwise: ClassVar[bool] = True
+
     coef: float = 1.0
     normalize: bool = False
 
@@ -123,6 +140,8 @@ class Add(Intervention):
 class Ablate(Intervention):
     """Project the direction out: ``h -= (h . v_hat) v_hat`` at the scoped positions."""
 
+    positionwise: ClassVar[bool] = True
+
     def _prepare(self, v: Tensor) -> Tensor:
         return _unit(v)
 
@@ -135,6 +154,8 @@ class Ablate(Intervention):
 @dataclass
 class Cap(Intervention):
     """Clamp the projection ``h . v_hat`` into ``[min, max]`` (either bound may be None)."""
+
+    positionwise: ClassVar[bool] = True
 
     min: float | None = None
     max: float | None = None

@@ -57,6 +57,33 @@ def test_capture_under_interventions_matches_hooks(pair):
             assert rel_err(a[r], b[r]) < 1e-5, (side, r)
 
 
+class RowMeanShift(Add):
+    """Not position-wise: adds the mean over each row's scoped positions, which packing would mix up.
+
+    It overrides ``apply`` without declaring ``positionwise``, so it must not inherit Add's True."""
+
+    def apply(self, layer, hidden, mask):
+        m = mask[..., None].to(hidden.dtype)
+        return hidden + m * (hidden * m).sum(-2, keepdim=True) / m.sum(-2, keepdim=True).clamp(min=1)
+
+
+def test_packed_callbacks_only_where_every_intervention_is_positionwise(pair, monkeypatch):
+    from personaspace.engine.generation import LayerCallback
+
+    fused, hooks = pair
+    assert Add.positionwise and not RowMeanShift.positionwise
+    v = torch.randn(fused.d_model, generator=torch.Generator().manual_seed(2))
+    ivs = [Ablate(v, layers=[0]), RowMeanShift(v, layers=[1], scope="response")]
+    packed_layers = []
+    real_packed = LayerCallback.packed
+    monkeypatch.setattr(LayerCallback, "packed", lambda self, layer, x, index: packed_layers.append(layer) or real_packed(self, layer, x, index))
+    a = fused.capture(PROMPTS, RESPONSES, interventions=ivs)
+    b = hooks.capture(PROMPTS, RESPONSES, interventions=ivs)
+    assert sorted(set(packed_layers)) == [0, 2]  # layer 1 holds the row-wise intervention: padded rows
+    for r in a.data:
+        assert rel_err(a[r], b[r]) < 1e-5, r
+
+
 def test_early_exit_captures_equal_full_depth(pair):
     fused, _ = pair
     full = fused.capture(PROMPTS, RESPONSES, layers=[0, 1, 2])

@@ -9,16 +9,19 @@ in matrix multiplies and less in the small elementwise kernels around them:
   pairs rotated together, ``(i, i + head_dim/2)`` in Hugging Face's layout, sit next to each other.
   q and k get the same permutation, so every attention score is unchanged;
 - when every row is right-padded (what capture builds), padding is dropped: the matmuls run on the
-  real tokens only, packed, and attention scatters them back into rows and is plain causal
-  attention with no mask tensor (padding comes after a row's real tokens, so none can see it);
-- RMSNorm is PyTorch's fused ``rms_norm`` kernel, SiLU and the gate product run in place.
+  real tokens only, packed, and attention scatters q|k|v back into rows (one copy into a buffer that
+  is zeroed once per forward) and is plain causal attention with no mask tensor (padding comes after
+  a row's real tokens, so none can see it);
+- the engine's own layer callbacks (capture, and the position-wise built-in interventions) run on
+  the packed tokens as well, so a capture needs no per-layer scatter into padded rows;
+- RMSNorm is PyTorch's fused ``rms_norm`` kernel; rotary, SiLU and the gate product run in place.
 
 Only forwards without a KV cache and without autograd take this path; generation with a cache,
 training and latent attacks use the plain hooks backend over the same modules, and so do sequences
 longer than a sliding attention window (Mistral; Qwen2 with ``use_sliding_window``). The fused q/k/v
 weights are a copy (about 12% of the weights of SmolLM2; made on first use, rebuilt when a source
-weight is edited in place or replaced); all other weights are read from the live modules. Layer
-callbacks see exactly what the hooks backend shows them: the output of each decoder block,
+weight is edited in place or replaced); all other weights are read from the live modules. Any other
+layer callback sees exactly what the hooks backend shows it: the output of each decoder block,
 ``[batch, seq, d_model]``, and may return a replacement.
 """
 
@@ -178,7 +181,11 @@ class FusedLlamaBackend:
         for i in range(last + 1):
             x = self._run_block(self._block(i), x, rotation, attend)
             fn = layer_fns.get(i)
-            if fn is not None:
+            if fn is None:
+                continue
+            if index is not None and getattr(fn, "handles_packed", None) and fn.handles_packed(i):
+                x = fn.packed(i, x, index)  # the engine's own callbacks work on packed tokens directly
+            else:
                 x = _call_padded(fn, i, x, index, batch, seq)
         if stop_after is not None:
             return ForwardOutput(None, None)
@@ -186,10 +193,20 @@ class FusedLlamaBackend:
         hidden = base.norm(hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:])
         return ForwardOutput(self.hf_model.lm_head(hidden), None)
 
+    def _split_heads(self, qkv: Tensor, batch: int, seq: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``[batch * seq, q|k|v]`` -> q, k, v as ``[batch, heads, seq, head_dim]`` views (no copy)."""
+        nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        rows = qkv.view(batch, seq, -1)
+        return tuple(rows[..., a:b].unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
+                     for a, b in ((0, nq), (nq, nq + nk), (nq + nk, nq + 2 * nk)))
+
     def _packed_attention(self, batch: int, seq: int, index: Tensor):
-        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            q, k, v = (_padded(t.reshape(t.shape[0], -1), index, batch, seq).view(batch, seq, -1, self.head_dim).transpose(1, 2)
-                       for t in (q, k, v))
+        rows: list[Tensor] = []  # one zeroed [batch * seq, q|k|v] buffer per forward; padding stays 0
+
+        def attend(qkv: Tensor) -> Tensor:
+            if not rows:
+                rows.append(qkv.new_zeros(batch * seq, qkv.shape[1]))
+            q, k, v = self._split_heads(rows[0].index_copy_(0, index, qkv), batch, seq)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
             return out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
 
@@ -200,19 +217,20 @@ class FusedLlamaBackend:
         causal = torch.ones(seq, seq, dtype=torch.bool, device=valid.device).tril()
         mask = (causal & valid[:, None, None, :]) | torch.eye(seq, dtype=torch.bool, device=valid.device)
 
-        def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            q, k, v = (t.view(batch, seq, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        def attend(qkv: Tensor) -> Tensor:
+            q, k, v = self._split_heads(qkv, batch, seq)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
             return out.transpose(1, 2).reshape(batch * seq, -1)
 
         return attend
 
-    def _rotate(self, t: Tensor, n: int, rotation: Tensor) -> Tensor:
-        """Rotary embedding of ``t`` [tokens, n * head_dim] (interleaved pairs) -> [tokens, n, head_dim]."""
-        pairs = t.reshape(t.shape[0], n, self.head_dim // 2, 2)
-        if pairs.dtype not in (torch.float32, torch.float64):  # complex views need float32/64
-            return torch.view_as_real(torch.view_as_complex(pairs.float().contiguous()) * rotation).to(t.dtype).flatten(2)
-        return torch.view_as_real(torch.view_as_complex(pairs.contiguous()) * rotation).flatten(2)
+    def _rotate_(self, t: Tensor, n: int, rotation: Tensor) -> None:
+        """Rotary embedding of ``t`` [tokens, n * head_dim] (interleaved pairs), in place."""
+        pairs = t.unflatten(-1, (n, self.head_dim // 2, 2))
+        if pairs.dtype in (torch.float32, torch.float64):  # complex views need float32/64
+            torch.view_as_complex(pairs).mul_(rotation)
+        else:
+            pairs.copy_(torch.view_as_real(torch.view_as_complex(pairs.float()) * rotation))
 
     def _run_block(self, fb: _FusedBlock, x: Tensor, rotation: Tensor, attend) -> Tensor:
         """One decoder block on ``x`` [tokens, d_model]."""
@@ -220,12 +238,11 @@ class FusedLlamaBackend:
         block = fb.block
         ln1, ln2, mlp = block.input_layernorm, block.post_attention_layernorm, block.mlp
         h = F.rms_norm(x, (d,), ln1.weight, ln1.variance_epsilon)
-        qkv = F.linear(h, fb.w_qkv, fb.b_qkv)
+        qkv = F.linear(h, fb.w_qkv, fb.b_qkv)  # [tokens, q|k|v]
         nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        q = self._rotate(qkv[:, :nq], self.n_heads, rotation)
-        k = self._rotate(qkv[:, nq : nq + nk], self.n_kv, rotation)
-        v = qkv[:, nq + nk :]
-        x = torch.addmm(x, attend(q, k, v), block.self_attn.o_proj.weight.t())
+        self._rotate_(qkv[:, :nq], self.n_heads, rotation)
+        self._rotate_(qkv[:, nq : nq + nk], self.n_kv, rotation)
+        x = torch.addmm(x, attend(qkv), block.self_attn.o_proj.weight.t())
         h = F.rms_norm(x, (d,), ln2.weight, ln2.variance_epsilon)
         gate = F.silu(F.linear(h, mlp.gate_proj.weight), inplace=True).mul_(F.linear(h, mlp.up_proj.weight))
         return torch.addmm(x, gate, mlp.down_proj.weight.t())

@@ -10,13 +10,13 @@ exact vectors and scope masks the local code uses, and the capture as per-reduct
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from personaspace.engine.generation import LayerCallback
 from personaspace.engine.interventions import Ablate, Add, Cap, Intervention
 from personaspace.errors import BackendError
 
@@ -46,11 +46,9 @@ class RemotePlan:
 
 def engine_callback_parts(fn: Any) -> tuple[Any, dict[int, list[Intervention]], Any]:
     """``(slot, interventions, capture)`` of a callback made by the engine's ``layer_callbacks``."""
-    try:
-        parts = inspect.getclosurevars(fn).nonlocals
-        return parts["slot"], parts["interventions"], parts["capture"]
-    except (KeyError, TypeError) as exc:
-        raise BackendError(_UNSUPPORTED.format(what=f"the layer function {getattr(fn, '__qualname__', fn)!r}")) from exc
+    if not isinstance(fn, LayerCallback):
+        raise BackendError(_UNSUPPORTED.format(what=f"the layer function {getattr(fn, '__qualname__', fn)!r}"))
+    return fn.slot, fn.interventions, fn.capture
 
 
 def _op(iv: Intervention, layer: int, like: Tensor, mask: Tensor) -> tuple:
