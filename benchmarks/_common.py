@@ -52,17 +52,27 @@ def sustained_matmul_gflops(seconds: float = 2.0, n: int = 1536) -> float:
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
+def _block_dims(config) -> tuple[int, int, int, int, int]:
+    """``(d_model, heads, kv_heads, head_dim, ffn)`` of a decoder config."""
+    d = config.hidden_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", heads)
+    return d, heads, kv, getattr(config, "head_dim", None) or d // heads, config.intermediate_size
+
+
+def _block_weights(config) -> int:
+    """Weight-matrix entries of one decoder block: q, k, v, o and the three MLP matrices."""
+    d, heads, kv, hd, ffn = _block_dims(config)
+    return d * heads * hd * 2 + d * kv * hd * 2 + 3 * d * ffn
+
+
 def block_matmul_gflops(config, tokens: int = 1024, repeats: int = 5) -> float:
     """Throughput of just the weight matmuls of one decoder block at ``tokens`` rows (GFLOP/s).
 
     The attainable peak for this model's shapes: a width-576 model multiplies thin matrices, which run
     below the square-matrix peak even with no other work at all.
     """
-    d = config.hidden_size
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", heads)
-    hd = getattr(config, "head_dim", None) or d // heads
-    ffn = config.intermediate_size
+    d, heads, kv, hd, ffn = _block_dims(config)
     x, a, h = torch.randn(tokens, d), torch.randn(tokens, heads * hd), torch.randn(tokens, ffn)
     products = [  # (input, weight) of q, k, v, o, gate, up, down
         (x, torch.randn(d, heads * hd)), (x, torch.randn(d, kv * hd)), (x, torch.randn(d, kv * hd)),
@@ -73,9 +83,8 @@ def block_matmul_gflops(config, tokens: int = 1024, repeats: int = 5) -> float:
         for inp, weight in products:
             inp @ weight
 
-    flops = 2 * tokens * sum(w.shape[0] * w.shape[1] for _, w in products)
     block()
-    return flops / best_of(block, repeats) / 1e9
+    return 2 * tokens * _block_weights(config) / best_of(block, repeats) / 1e9
 
 
 def decoder_flops(config, token_counts: list[int], n_blocks: int, lm_head: bool) -> float:
@@ -84,12 +93,8 @@ def decoder_flops(config, token_counts: list[int], n_blocks: int, lm_head: bool)
     Per token and block: 2 x (attention + MLP weight matrices) plus causal attention scores and mixing
     (2 x 2 x context x heads x head_dim, context averaged over the causal triangle).
     """
-    d = config.hidden_size
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", heads)
-    head_dim = getattr(config, "head_dim", None) or d // heads
-    ffn = config.intermediate_size
-    weights = d * heads * head_dim * 2 + d * kv * head_dim * 2 + 3 * d * ffn
+    d, heads, _, head_dim, _ = _block_dims(config)
+    weights = _block_weights(config)
     total = 0.0
     for t in token_counts:
         per_block = 2 * weights * t + 2 * 2 * heads * head_dim * t * (t + 1) / 2
@@ -97,6 +102,11 @@ def decoder_flops(config, token_counts: list[int], n_blocks: int, lm_head: bool)
         if lm_head:
             total += 2 * d * config.vocab_size * t
     return total
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error ``|a - b| / |b|`` (Frobenius norms)."""
+    return float((a - b).norm() / b.norm())
 
 
 def machine() -> dict:

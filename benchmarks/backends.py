@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from _common import make_pairs, report
+from _common import make_pairs, rel_err, report
 from personaspace import load_model
 from personaspace.engine import Add, PersonaModel
 from personaspace.engine.backends import with_backend
@@ -91,7 +91,7 @@ def main() -> None:
         "capture_s": {k: round(t, 3) for k, t in cap_s.items()},
         "capture_ratio_vs_hooks": {k: round(t / cap_s["hooks"], 2) for k, t in cap_s.items()},
         "capture_max_rel_diff_vs_hooks": {
-            k: max(float((a[r] - ref[r]).norm() / ref[r].norm()) for r in ref.data) for k, a in acts.items()
+            k: max(rel_err(a[r], ref[r]) for r in ref.data) for k, a in acts.items()
         },
         "steered_generation": {"prompts": len(gen_prompts), "max_new_tokens": args.gen_tokens},
         "generation_s": {k: round(t, 3) for k, t in gen_s.items()},

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from _common import best_of, write_result
+from _common import best_of, report
 from personaspace.align.data import lpa_data
 from personaspace.align.lat import (
     Anchor,
@@ -104,11 +104,10 @@ def main() -> None:
         "ratio_predicted_published_16_pgd_4_model": predicted(16, 4),
         "threads": torch.get_num_threads(),
     }
-    path = write_result("lat_step", result)
+    report("lat_step", result)
     print(f"SFT step {t_sft:.2f} s | LAT outer step ({args.pgd_steps} PGD + {args.model_steps} defence) {t_outer:.2f} s "
           f"| ratio {t_outer / t_sft:.1f}x (components predict {predicted(args.pgd_steps, args.model_steps):.1f}x; "
-          f"published 16+4: {predicted(16, 4):.1f}x)\nwrote {path}")
-
+          f"published 16+4: {predicted(16, 4):.1f}x)")
 
 if __name__ == "__main__":
     main()

@@ -31,16 +31,16 @@ import numpy as np
 
 from personaspace.errors import PersonaspaceError
 from personaspace.geometry import (
+    BOOTSTRAP_INTERVALS,
     SimilarityMatrix,
     _check_set,
     _cosines,
     _unit_rows,
-    basic_ci,
     bootstrap,
+    bootstrap_intervals,
     cosine_matrix,
     default_layer,
     null_summary,
-    percentile_ci,
     same_traits,
     trait_matrix,
 )
@@ -377,14 +377,12 @@ def compare(
                         trait_reps[t].append(float(cos[j]))
             for name in reps:  # basic intervals: resampled vectors are noisier, so replicates run low
                 m = metrics[name]
-                m["ci95"] = basic_ci(reps[name], m["value"], bounds=_bounds(name))
-                m["ci95_percentile"] = percentile_ci(reps[name])
+                m.update(bootstrap_intervals(reps[name], m["value"], bounds=_bounds(name)))
                 m["boot_mean"] = float(np.nanmean(reps[name]))
             if same_width:
                 for t in names:
-                    per_trait[t]["ci95"] = basic_ci(trait_reps[t], per_trait[t]["cosine"])
-                    per_trait[t]["ci95_percentile"] = percentile_ci(trait_reps[t])
-            info["bootstrap"]["interval"] = "basic (pivotal); ci95_percentile keeps the percentile interval"
+                    per_trait[t].update(bootstrap_intervals(trait_reps[t], per_trait[t]["cosine"]))
+            info["bootstrap"]["interval"] = BOOTSTRAP_INTERVALS
         else:
             info["bootstrap"]["note"] = "no extraction runs on disk for either set: no confidence intervals"
     return Comparison(

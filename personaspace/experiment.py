@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from personaspace._io import write_json, write_text
 from personaspace.models import DEFAULT_MODEL
 
@@ -86,7 +85,7 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
     """Run (or resume) the whole experiment into ``out``; return the results dictionary."""
     from personaspace.compare import compare
     from personaspace.datasets import load_chat_jsonl, make_narrow_dataset
-    from personaspace.em import EMConvention, em_rate, evaluate_em, load_result, rate_difference
+    from personaspace.em import BETLEY, evaluate_em, load_result, rate_difference
     from personaspace.engine import Ablate, Add, PersonaModel
     from personaspace.finetune import finetune
     from personaspace.projection_shift import track_finetunes
@@ -194,8 +193,8 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
                 row[conv]["diff_vs_corrupt"] = rate_difference(base_pair, (res.aligned, res.coherent), conv, n_boot=1000)
         # Steering can damage the text: how the Betley rate moves when "coherent" is read more strictly.
         row["betley_by_coherence_cutoff"] = {
-            str(cut): {k: v for k, v in em_rate(res.aligned, res.coherent, EMConvention(f"betley_coherent_{cut}", coherent_cutoff=cut),
-                                                n_boot=1000).items() if k in ("rate", "k", "n", "ci95")}
+            str(cut): {k: v for k, v in res.rate(dataclasses.replace(BETLEY, name=f"betley_coherent_{cut}", coherent_cutoff=cut),
+                                                 n_boot=1000).items() if k in ("rate", "k", "n", "ci95")}
             for cut in COHERENCE_CUTOFFS
         }
         al = [a for a in res.aligned if a is not None]

@@ -728,13 +728,31 @@ def basic_ci(values: Sequence[float], point: float, level: float = 0.95,
     point estimate entirely. The basic interval assumes the estimate sits that far below the
     population value, and moves the interval up by the same bias.
 
-    >>> basic_ci([0.1, 0.2, 0.3], 0.4)
-    [0.5, 0.7]
+    >>> [round(x, 3) for x in basic_ci([0.1, 0.2, 0.3], 0.4)]  # percentile interval [0.105, 0.295]
+    [0.505, 0.695]
     """
-    lo, hi = percentile_ci(values, level)
+    return _reflected(percentile_ci(values, level), point, bounds)
+
+
+def _reflected(percentile: list[float], point: float, bounds: tuple[float, float]) -> list[float]:
+    """A percentile interval reflected about ``point`` (the basic interval), clipped to ``bounds``."""
+    lo, hi = percentile
     if not np.isfinite(lo):
         return [lo, hi]
     return [float(np.clip(2 * point - hi, *bounds)), float(np.clip(2 * point - lo, *bounds))]
+
+
+BOOTSTRAP_INTERVALS = "basic (pivotal); ci95_percentile keeps the percentile interval"
+
+
+def bootstrap_intervals(values: Sequence[float], point: float, bounds: tuple[float, float] = (-1.0, 1.0)) -> dict[str, list[float]]:
+    """Both 95 % intervals of bootstrap replicates: ``ci95`` (basic, see :func:`basic_ci`) and ``ci95_percentile``.
+
+    >>> {k: [round(x, 3) for x in v] for k, v in bootstrap_intervals([0.1, 0.2, 0.3], 0.4).items()}
+    {'ci95': [0.505, 0.695], 'ci95_percentile': [0.105, 0.295]}
+    """
+    percentile = percentile_ci(values)
+    return {"ci95": _reflected(percentile, point, bounds), "ci95_percentile": percentile}
 
 
 def percentile_ci(values: Sequence[float], level: float = 0.95) -> list[float]:

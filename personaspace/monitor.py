@@ -31,7 +31,7 @@ from torch import Tensor
 from personaspace._io import append_jsonl, read_jsonl, write_text
 from personaspace.engine.chat import Chat
 from personaspace.engine.context import position_ids
-from personaspace.engine.generation import right_pad
+from personaspace.engine.generation import pad_batch
 from personaspace.engine.layers import check_layer
 from personaspace.errors import DatasetError, PersonaspaceError
 from personaspace.metrics import bootstrap_ci, mean_ci, pearson, spearman
@@ -127,7 +127,7 @@ def _token_values(
     out: list[dict[int, list[float]]] = []
     for start in range(0, len(prompt_ids), batch_size):
         seqs = [list(p) + list(r) for p, r in zip(prompt_ids[start : start + batch_size], response_ids[start : start + batch_size])]
-        ids, mask = right_pad(seqs, model.pad_id, model.device)
+        ids, mask = pad_batch(seqs, model.pad_id, model.device, side="right")
         found: dict[int, Tensor] = {}
 
         def record(layer: int, hidden: Tensor) -> None:
@@ -445,11 +445,11 @@ def read_chat_jsonl(path: str | Path, limit: int | None = None) -> list[ChatSamp
     return samples
 
 
-def _sample(obj: Any, path: Path, lineno: int) -> ChatSample:
+def _sample(obj: dict[str, Any], path: Path, lineno: int) -> ChatSample:
     where = f"{path}:{lineno}"
-    if isinstance(obj, dict) and "messages" not in obj and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
+    if "messages" not in obj and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
         return ChatSample(lineno, Chat(user=obj["prompt"], system=obj.get("system")), obj["response"])
-    msgs = obj.get("messages") if isinstance(obj, dict) else None
+    msgs = obj.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise DatasetError(f"{where}: expected an object with a non-empty 'messages' list (or 'prompt' and 'response').")
     for m in msgs:

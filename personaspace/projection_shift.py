@@ -70,8 +70,7 @@ def projection_shift(
             cache[key] = (last_prompt_activations(base, plist, layer), last_prompt_activations(finetuned, plist, layer))
         h_base, h_ft = cache[key]
         vec = vectors[name]
-        u = vec.unit(layer).float()
-        p_base, p_ft = (h_base @ u).numpy(), (h_ft @ u).numpy()
+        p_base, p_ft = vec.project(h_base, layer).numpy(), vec.project(h_ft, layer).numpy()
         diffs = p_ft - p_base
         lo, hi = bootstrap_ci(diffs, seed=seed)
         out[name] = {

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from personaspace.engine.context import SCOPES, StepContext, position_ids
-from personaspace.engine.generation import ContextSlot, layer_callbacks, right_pad
+from personaspace.engine.generation import ContextSlot, layer_callbacks, pad_batch
 from personaspace.engine.interventions import Ablate, Add, Cap, Intervention, by_layer
 from personaspace.engine.layers import resolve_layers
 from personaspace.errors import InterventionSpecError, LayerOutOfRangeError, PersonaspaceError, VectorShapeError
@@ -514,7 +514,7 @@ def _response_logprobs(
         p_batch = [list(p) for p in prompt_ids[start : start + batch_size]]
         r_batch = [list(r) for r in response_ids[start : start + batch_size]]
         seqs = [p + r for p, r in zip(p_batch, r_batch)]
-        ids, mask = right_pad(seqs, model.pad_id, device)
+        ids, mask = pad_batch(seqs, model.pad_id, device, side="right")
         plen = torch.tensor([len(p) for p in p_batch], device=device)
         slot.ctx = StepContext.for_padded(mask, plen, torch.arange(len(seqs), device=device))
         res = model.backend.forward(ids, mask, position_ids(mask), layer_fns=fns, logits_to_keep=0)

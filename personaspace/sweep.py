@@ -32,6 +32,7 @@ import torch
 
 from personaspace._io import append_jsonl, read_jsonl, write_json, write_text
 from personaspace.engine.context import SCOPES, position_ids
+from personaspace.engine.generation import pad_batch
 from personaspace.engine.layers import resolve_layers
 from personaspace.errors import InterventionSpecError, PersonaspaceError
 from personaspace.steering import NEUTRAL_PROMPTS, SteerSpec, evaluate_steering, resolve_specs
@@ -135,14 +136,7 @@ def residual_norms(model: PersonaModel, prompts: Sequence[Any], layers: Sequence
     the others' and says nothing about how big a push the other tokens feel.
     """
     layers = list(layers)
-    ids_list = [model.prompt_ids(p, system) for p in prompts]
-    width = max(len(s) for s in ids_list)
-    ids = torch.full((len(ids_list), width), model.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids_list), width), dtype=torch.long)
-    for i, s in enumerate(ids_list):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    ids, mask = ids.to(model.device), mask.to(model.device)
+    ids, mask = pad_batch([model.prompt_ids(p, system) for p in prompts], model.pad_id, model.device, side="right")
     keep = mask.bool().clone()
     keep[:, 0] = False
     found: dict[int, float] = {}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from personaspace._io import write_json, write_text
-from personaspace.align.data import LPAData, Request, load_requests, neutral_prompts
+from personaspace.align.data import STATEMENT_FORMAT, LPAData, Request, load_requests, neutral_prompts
 from personaspace.align.evaluate import (
     attack_success,
     harm_probe,
@@ -80,7 +80,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Every metric for one model (``model is base`` for the base row)."""
     t0 = time.perf_counter()
-    disagree = data.source.get("completions", {}).get("safe", "I do not agree with this statement.")
+    disagree = data.source.get("completions", {}).get("safe", STATEMENT_FORMAT.disagree)
+    attacked = attack_set(data, cfg.attack_rows, cfg.seed)
     res: dict[str, Any] = {
         "harm_probe": harm_probe(model, requests, batch_size=cfg.batch_size),
         "statements": {
@@ -88,7 +89,7 @@ def evaluate_model(
             "unseen_negative": statement_preference(model, data.unseen, batch_size=cfg.batch_size) if data.unseen else None,
             "heldout_positive": statement_preference(model, anchor_triples(data.test_anchors, disagree), batch_size=cfg.batch_size) if data.test_anchors else None,
         },
-        "attacks": [attack_success(model, attack_set(data, cfg.attack_rows, cfg.seed), a, batch_size=min(cfg.batch_size, 8)) for a in cfg.attacks()],
+        "attacks": [attack_success(model, attacked, a, batch_size=min(cfg.batch_size, 8)) for a in cfg.attacks()],
         "utility": utility(model, base, answers, batch_size=min(cfg.batch_size, 8)),
     }
     if cfg.vectors is not None:
@@ -99,6 +100,11 @@ def evaluate_model(
         res["generation"] = generation_refusals(model, harmful + benign, cfg.judge)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     return res
+
+
+def utility_answers(base: PersonaModel, cfg: EvalConfig) -> list[Anchor]:
+    """The base model's answers to the neutral prompts that the utility check scores every model on."""
+    return reference_answers(base, neutral_prompts()[: cfg.utility_prompts], max_new_tokens=cfg.utility_tokens)
 
 
 def compare(
@@ -118,7 +124,7 @@ def compare(
     say = progress or (lambda _msg: None)
     requests = list(requests) if requests is not None else load_requests()
     say("base: reference answers for the utility check")
-    answers = reference_answers(base, neutral_prompts()[: ecfg.utility_prompts], max_new_tokens=ecfg.utility_tokens)
+    answers = utility_answers(base, ecfg)
     say("base: evaluating")
     rows: dict[str, Any] = {"base": {"eval": evaluate_model(base, base, data, requests, answers, ecfg), "counts": None}}
     for method in methods:

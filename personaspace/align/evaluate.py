@@ -17,7 +17,6 @@ Rates carry Wilson 95 % intervals, means percentile-bootstrap ones, and every nu
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -132,9 +131,7 @@ def harm_probe(model: PersonaModel, requests: Sequence[Request], *, batch_size: 
 @torch.no_grad()
 def _margins(model: PersonaModel, batch: Packed, perturbation: Any = None) -> np.ndarray:
     """``log p(unsafe) - log p(safe)`` per row (positive: the unsafe completion is preferred)."""
-    ctx = perturbation.applied(model) if perturbation is not None else contextlib.nullcontext()
-    with ctx:
-        safe_logits, unsafe_logits = target_logits(model, batch)
+    safe_logits, unsafe_logits = target_logits(model, batch, perturbation)
     assert unsafe_logits is not None and batch.second is not None
     return (sequence_logprob(unsafe_logits, batch.second) - sequence_logprob(safe_logits, batch.first)).numpy()
 
@@ -184,7 +181,7 @@ def utility(model: PersonaModel, base: PersonaModel, answers: Sequence[Anchor], 
     for rows in _batches(len(answers), batch_size):
         batch = pack_anchors(model, [answers[i] for i in rows])
         new_logits, _ = target_logits(model, batch)
-        base_logits, _ = target_logits(base, batch)
+        base_logits = new_logits if model is base else target_logits(base, batch)[0]  # the base row: no second pass
         base_lp = torch.log_softmax(base_logits, dim=-1)
         for r in range(len(rows)):
             one = Targets(batch.first.pos[r : r + 1], batch.first.ids[r : r + 1], batch.first.valid[r : r + 1])

@@ -193,26 +193,29 @@ def pack_anchors(model: PersonaModel, anchors: Sequence[Anchor]) -> Packed:
 # ---- forward ----------------------------------------------------------------------------------------
 
 
-def target_logits(model: PersonaModel, batch: Packed) -> tuple[Tensor, Tensor | None]:
-    """Logits ``[B, L, vocab]`` at the positions predicting the first (and second) completion tokens."""
+def target_logits(model: PersonaModel, batch: Packed, perturbation: Perturbation | None = None) -> tuple[Tensor, Tensor | None]:
+    """Logits ``[B, L, vocab]`` at the positions predicting the first (and second) completion tokens.
+
+    With a ``perturbation``, it is applied to the residual stream for this forward only.
+    """
     hf = model.hf_model
-    decoder = hf.get_decoder()
-    out = decoder(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    )
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [B, T, d]
     head = hf.get_output_embeddings()
     cap = getattr(hf.config, "final_logit_softcapping", None)
 
-    def at(t: Targets) -> Tensor:
+    def at(hidden: Tensor, t: Targets) -> Tensor:
         h = hidden.gather(1, t.pos[..., None].expand(-1, -1, hidden.shape[-1]))
         logits = head(h).float()
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    return at(batch.first), (at(batch.second) if batch.second is not None else None)
+    with perturbation.applied(model) if perturbation is not None else contextlib.nullcontext():
+        out = hf.get_decoder()(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        )
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [B, T, d]
+        return at(hidden, batch.first), (at(hidden, batch.second) if batch.second is not None else None)
 
 
 def token_logprobs(logits: Tensor, t: Targets) -> Tensor:
@@ -358,9 +361,7 @@ def frozen_weights(model: PersonaModel) -> Iterator[None]:
 
 def adversary_loss(model: PersonaModel, batch: Packed, perturbation: Perturbation | None) -> Tensor:
     """``towards(unsafe) + away(safe)`` under the perturbation."""
-    ctx = perturbation.applied(model) if perturbation is not None else contextlib.nullcontext()
-    with ctx:
-        safe_logits, unsafe_logits = target_logits(model, batch)
+    safe_logits, unsafe_logits = target_logits(model, batch, perturbation)
     if unsafe_logits is None or batch.second is None:
         raise AlignmentError("The adversary needs (prompt, safe, unsafe) rows; pack them with pack_triples.")
     return towards_loss(unsafe_logits, batch.second) + away_loss(safe_logits, batch.first)
@@ -406,9 +407,7 @@ def defence_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """``towards(safe) + away(unsafe)`` under the (frozen) perturbation, plus ``KL`` on clean anchors."""
     w = weights or DefenceWeights()
-    ctx = perturbation.applied(model) if perturbation is not None else contextlib.nullcontext()
-    with ctx:
-        safe_logits, unsafe_logits = target_logits(model, batch)
+    safe_logits, unsafe_logits = target_logits(model, batch, perturbation)
     parts: dict[str, Tensor] = {"towards": towards_loss(safe_logits, batch.first)}
     if w.away and unsafe_logits is not None and batch.second is not None:
         parts["away"] = away_loss(unsafe_logits, batch.second)

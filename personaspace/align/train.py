@@ -30,11 +30,10 @@ from personaspace.align.lat import (
     Triple,
     base_logprobs,
     defence_step,
-    eps_for_width,
+    pack,
     pack_anchors,
     pack_triples,
     pgd_attack,
-    resolve_attack_layers,
 )
 from personaspace.align.lora import ADAPTER_DIR, Adapted, add_lora
 from personaspace.engine import PersonaModel
@@ -144,15 +143,13 @@ def train(
     triples, anchors = list(triples), list(anchors)
     if not triples:
         raise AlignmentError("No training triples.")
-    eps = eps_for_width(model.d_model) if cfg.eps is None else float(cfg.eps)
-    layers = resolve_attack_layers(cfg.layers, model.n_layers)
+    attack = AttackConfig(eps=cfg.eps, steps=cfg.pgd_steps, lr=cfg.pgd_lr, layers=cfg.layers)
+    eps, layers = attack.resolved(model)
     rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
     adapted = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, seed=cfg.seed, name=method)
     m = adapted.model
     optimizer = torch.optim.Adam(adapted.trainable(), lr=cfg.lr)
     weights = DefenceWeights(cfg.towards, cfg.away, cfg.kl if anchors else 0.0)
-    attack = AttackConfig(eps=eps, steps=cfg.pgd_steps, lr=cfg.pgd_lr, layers=layers)
     triple_batches = _batches(len(triples), cfg.batch_size, rng)
     anchor_batches = _batches(len(anchors), cfg.anchor_batch_size, rng) if anchors and cfg.anchor_batch_size and weights.kl else None
     seen_triples: set[int] = set()
@@ -162,7 +159,9 @@ def train(
     for step in range(cfg.outer_steps):
         idx = next(triple_batches)
         seen_triples.update(idx)
-        batch = pack_triples(m, [triples[i] for i in idx])
+        rows = [triples[i] for i in idx]
+        # Only the adversary and the away term read the unsafe completion; plain SFT packs prompt + safe.
+        batch = pack_triples(m, rows) if method == "lpa" or weights.away else pack(m, [t.prompt for t in rows], [t.safe for t in rows])
         anchor_batch = anchor_base = None
         if anchor_batches is not None:
             idx_a = next(anchor_batches)

@@ -197,9 +197,8 @@ def eval_cmd(
 ) -> None:
     """Harm probe, statement preference, attack robustness and utility of a model (with or without an adapter)."""
     from personaspace._io import write_json
-    from personaspace.align.compare import evaluate_model, table_markdown
-    from personaspace.align.data import load_requests, neutral_prompts
-    from personaspace.align.evaluate import reference_answers
+    from personaspace.align.compare import evaluate_model, table_markdown, utility_answers
+    from personaspace.align.data import load_requests
     from personaspace.align.lora import load_adapter
 
     base = _model(model)
@@ -209,7 +208,7 @@ def eval_cmd(
     target = load_adapter(base, adapter).model if adapter is not None else base
     label = "adapter" if adapter is not None else "base"
     with console.status("Evaluating..."):
-        answers = reference_answers(base, neutral_prompts()[: cfg.utility_prompts], max_new_tokens=cfg.utility_tokens)
+        answers = utility_answers(base, cfg)
         report = evaluate_model(target, base, data, reqs, answers, cfg)
     console.print(table_markdown({label: {"eval": report, "counts": _counts(adapter)}}))
     if out is not None:
@@ -220,7 +219,9 @@ def eval_cmd(
 def _counts(adapter: Optional[Path]):
     if adapter is None:
         return None
-    path = Path(adapter) / "train.json"
+    from personaspace.align.train import TRAIN_FILE
+
+    path = Path(adapter) / TRAIN_FILE
     return json.loads(path.read_text())["counts"] if path.exists() else None
 
 

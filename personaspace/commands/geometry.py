@@ -84,8 +84,7 @@ def single_set_report(vectors: VectorSet, layer: int, *, n_boot: int = 200, n_nu
             bounds = {"common_component_norm": (0.0, np.inf)}
             for k in summary:
                 values = [r[k] for r in reps]
-                summary[k]["ci95"] = g.basic_ci(values, summary[k]["value"], bounds=bounds.get(k, (0.0, 1.0)))
-                summary[k]["ci95_percentile"] = g.percentile_ci(values)
+                summary[k].update(g.bootstrap_intervals(values, summary[k]["value"], bounds=bounds.get(k, (0.0, 1.0))))
                 summary[k]["boot_mean"] = float(np.mean(values))
             mats = np.stack([g.cosine_matrix(s, layer).values for s in boot])
             lo, hi = np.quantile(mats, 0.025, axis=0), np.quantile(mats, 0.975, axis=0)
@@ -96,9 +95,8 @@ def single_set_report(vectors: VectorSet, layer: int, *, n_boot: int = 200, n_nu
                 y = np.array([labels[t] for t in names])
                 aucs = [g._separation_stat(g._pca_arrays(g.trait_matrix(s, layer, names))[2][:, 0], y) for s in boot]
                 sep = report["valence_separation_pc1"]
-                sep["ci95"] = g.basic_ci(aucs, sep["auroc"], bounds=(0.5, 1.0))  # sign-free AUROC
-                sep["ci95_percentile"] = g.percentile_ci(aucs)
-            report["bootstrap"]["interval"] = "basic (pivotal); ci95_percentile keeps the percentile interval"
+                sep.update(g.bootstrap_intervals(aucs, sep["auroc"], bounds=(0.5, 1.0)))  # sign-free AUROC
+            report["bootstrap"]["interval"] = g.BOOTSTRAP_INTERVALS
     return report
 
 

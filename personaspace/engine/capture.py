@@ -66,23 +66,27 @@ class CaptureAccumulator:
         self.sums = torch.zeros(len(self.reductions), n_samples, len(self.layers), d_model, dtype=torch.float32)
         self.counts = torch.zeros(len(self.reductions), n_samples, dtype=torch.float32)
         self._weights: Tensor | None = None
+        self._packed_weights: tuple[Tensor, Tensor] | None = None  # (index, [R * B, tokens]) of this pass
 
     def begin(self, ctx: StepContext) -> None:
         """Prepare the reduction weights of one forward pass and count its tokens."""
         w = torch.stack([ctx.reduction_mask(r) for r in self.reductions]).float()  # [R, B, T]
         self._weights = w
-        self._packed_weights: tuple[Tensor, Tensor] | None = None  # (index, [R * B, tokens]) of this pass
+        self._packed_weights = None
         self._valid = ctx.valid
-        self._rows = ctx.rows
-        self.counts.index_add_(1, ctx.rows.to(self.counts.device), w.sum(-1).to(self.counts.device))
+        self._rows = ctx.rows.to(self.sums.device)  # sample index of each batch row, where the sums live
+        self.counts.index_add_(1, self._rows, w.sum(-1).to(self.counts.device))
+
+    def accumulate(self, layer: int, contrib: Float[Tensor, "reductions batch d_model"]) -> None:
+        """Add one layer's weighted sums of the current forward pass to each row's sample."""
+        self.sums[:, :, self._slot[layer]].index_add_(1, self._rows, contrib.to(self.sums.device))
 
     def add(self, layer: int, hidden: Tensor) -> None:
         """Accumulate one layer's output ``hidden`` [batch, seq, d_model] of the current forward pass."""
         w = self._weights.to(hidden.device)
         # Padding rows can hold NaN from fully masked attention: zero them before the weighted sum.
         h = hidden.float().masked_fill(~self._valid.to(hidden.device)[..., None], 0.0)
-        contrib = torch.einsum("rbt,btd->rbd", w, h).to(self.sums.device)  # [R, B, d]
-        self.sums[:, :, self._slot[layer]].index_add_(1, self._rows.to(self.sums.device), contrib)
+        self.accumulate(layer, torch.einsum("rbt,btd->rbd", w, h))
 
     def add_packed(self, layer: int, x: Float[Tensor, "tokens d_model"], index: Int[Tensor, " tokens"]) -> None:
         """Accumulate one layer's output on packed real tokens: ``x[j]`` is flat position ``index[j]``.
@@ -96,8 +100,7 @@ class CaptureAccumulator:
             spread = torch.zeros(r, batch, index.numel(), device=x.device)
             spread[:, index // seq, torch.arange(index.numel(), device=x.device)] = w
             self._packed_weights = (index, spread.view(r * batch, -1))
-        contrib = (self._packed_weights[1] @ x.float()).view(len(self.reductions), -1, x.shape[-1])
-        self.sums[:, :, self._slot[layer]].index_add_(1, self._rows.to(self.sums.device), contrib.to(self.sums.device))
+        self.accumulate(layer, (self._packed_weights[1] @ x.float()).view(len(self.reductions), -1, x.shape[-1]))
 
     def result(self) -> Activations:
         means = self.sums / self.counts.clamp(min=1)[:, :, None, None]

@@ -53,6 +53,7 @@ class LayerCallback:
         self.slot = slot
         self.interventions = interventions
         self.capture = capture
+        self._packed_masks: tuple[Tensor, dict[str, Tensor]] | None = None  # (index, {scope: mask}) of this pass
 
     def __call__(self, layer: int, hidden: Tensor) -> Tensor:
         ctx = self.slot.ctx
@@ -68,13 +69,20 @@ class LayerCallback:
 
     def packed(self, layer: int, x: Float[Tensor, "tokens d_model"], index: Int[Tensor, " tokens"]) -> Tensor:
         """The same work on packed real tokens: ``x[j]`` is flat position ``index[j]`` of the batch."""
-        ctx = self.slot.ctx
         for iv in self.interventions.get(layer, ()):
-            mask = ctx.scope_mask(iv.scope).reshape(-1).to(x.device).index_select(0, index)
-            x = iv.apply(layer, x[None], mask[None])[0]
+            x = iv.apply(layer, x[None], self._packed_mask(iv.scope, index)[None])[0]
         if self.capture is not None and layer in self.capture._slot:
             self.capture.add_packed(layer, x, index)
         return x
+
+    def _packed_mask(self, scope: str, index: Tensor) -> Tensor:
+        """The scope mask of the current pass at the packed positions (built once per pass and scope)."""
+        if self._packed_masks is None or self._packed_masks[0] is not index:
+            self._packed_masks = (index, {})
+        masks = self._packed_masks[1]
+        if scope not in masks:
+            masks[scope] = self.slot.ctx.scope_mask(scope).reshape(-1).to(index.device).index_select(0, index)
+        return masks[scope]
 
 
 def layer_callbacks(
@@ -104,26 +112,16 @@ def sample_next(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator 
     return token.to(logits.device)
 
 
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device, side: str = "left") -> tuple[Tensor, Tensor]:
+    """Token ids and attention mask ``[batch, longest]``, padded before (``left``) or after (``right``) each row."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
-    """Token ids and attention mask [batch, longest] with padding after each sequence."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, : len(s)] = 1
+            cols = slice(width - len(s), None) if side == "left" else slice(None, len(s))
+            ids[i, cols] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, cols] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -165,7 +163,7 @@ def generate_batch(
         return backend.forward(ids, mask, pos, layer_fns=fns, cache=cache, logits_to_keep=1)
 
     # Prefill.
-    ids, mask = left_pad(prompts, pad_id, device)
+    ids, mask = pad_batch(prompts, pad_id, device)
     pos = position_ids(mask)
     cache = backend.new_cache() if use_cache else None
     out = run(StepContext(pos, prompt_len, mask.bool(), row_ids), ids, mask, pos, cache)
@@ -199,7 +197,7 @@ def generate_batch(
             cache = out.cache
         else:
             seqs = [list(prompts[i]) + responses[i] for i in alive.tolist()]
-            full_ids, full_mask = left_pad(seqs, pad_id, device)
+            full_ids, full_mask = pad_batch(seqs, pad_id, device)
             full_pos = position_ids(full_mask)
             ctx = StepContext(full_pos, prompt_len[alive], full_mask.bool(), ctx_rows)
             out = run(ctx, full_ids, full_mask, full_pos, None)

@@ -17,7 +17,7 @@ from personaspace.engine.backend import Backend, default_backend
 from personaspace.engine.capture import Activations, CaptureAccumulator
 from personaspace.engine.chat import ChatFormatter, PromptLike
 from personaspace.engine.context import REDUCTIONS, StepContext, position_ids
-from personaspace.engine.generation import ContextSlot, SamplingConfig, generate_batch, layer_callbacks, left_pad, right_pad
+from personaspace.engine.generation import ContextSlot, SamplingConfig, generate_batch, layer_callbacks, pad_batch
 from personaspace.engine.interventions import Intervention, by_layer
 from personaspace.engine.layers import LayerSpec, resolve_layers
 from personaspace.models import DEFAULT_MODEL, LoadedModel, load_pretrained
@@ -288,7 +288,7 @@ class PersonaModel:
         seqs = [p + r for p, r in zip(p_ids, r_ids)]
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         for batch in _token_batches(order, [len(s) for s in seqs], token_budget):
-            ids, mask = _pad([seqs[i] for i in batch], self.pad_id, self.device, padding_side)
+            ids, mask = pad_batch([seqs[i] for i in batch], self.pad_id, self.device, padding_side)
             ctx = StepContext.for_padded(
                 mask,
                 torch.tensor([len(p_ids[i]) for i in batch], device=self.device),
@@ -315,7 +315,3 @@ def _token_batches(order: list[int], lengths: list[int], budget: int) -> Iterato
         width = new_width
     if batch:
         yield batch
-
-
-def _pad(seqs: list[list[int]], pad_id: int, device, side: str):
-    return left_pad(seqs, pad_id, device) if side == "left" else right_pad(seqs, pad_id, device)

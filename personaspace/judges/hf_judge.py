@@ -202,9 +202,11 @@ class HFJudge:
         self, prompts: list[list[int]]
     ) -> list[tuple[dict[int, float], dict[str, float]]]:
         """For each prompt: P(the model writes n) for n in 0..100, and the verdict-word mass."""
+        from personaspace.engine.generation import pad_batch
+
         torch = self._torch
         with torch.inference_mode():
-            ids, mask = self._left_pad(prompts)
+            ids, mask = pad_batch(prompts, self._pad_id, self.device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             cache, probs = self._forward(ids, mask, positions, None)
             numbers: list[dict[int, float]] = [{} for _ in prompts]
@@ -243,16 +245,6 @@ class HFJudge:
         ]
 
     # -- model plumbing -----------------------------------------------------------------------
-
-    def _left_pad(self, prompts: list[list[int]]) -> tuple[Any, Any]:
-        torch = self._torch
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        return ids.to(self.device), mask.to(self.device)
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> tuple[Any, Any]:
         """One forward; returns the cache and next-token probabilities (float64, CPU)."""

@@ -23,7 +23,6 @@ from personaspace.align.lat import (
 from personaspace.align.train import TrainConfig, train
 
 
-
 @pytest.fixture(scope="module")
 def data():
     return lpa_data(seed=0)
@@ -31,11 +30,7 @@ def data():
 
 def _margin(model, batch, perturbation=None) -> torch.Tensor:
     with torch.no_grad():
-        if perturbation is None:
-            safe, unsafe = target_logits(model, batch)
-        else:
-            with perturbation.applied(model):
-                safe, unsafe = target_logits(model, batch)
+        safe, unsafe = target_logits(model, batch, perturbation)
     return sequence_logprob(unsafe, batch.second) - sequence_logprob(safe, batch.first)
 
 

@@ -23,7 +23,6 @@ PROMPTS = ["What should I cook tonight?", "Describe the sea in one sentence."]
 RESPONSES = ["Try a simple pasta with garlic, olive oil and fresh basil.", "The sea is a restless, shining blue."]
 
 
-
 @pytest.fixture(scope="module")
 def models(embedded_model):
     # TransformerLens switches its Hugging Face model to eager attention: give it its own copy.

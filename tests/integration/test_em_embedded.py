@@ -5,7 +5,6 @@ from __future__ import annotations
 from personaspace.em import em_rate, evaluate_em, load_questions
 
 
-
 def test_em_eval_on_embedded_model(embedded_model, tmp_path):
     qs = load_questions("broad").subset(["found_wallet", "replacement_deployed"])
     res = evaluate_em(embedded_model, qs, "offline", samples_per_paraphrase=2, max_new_tokens=24, out=tmp_path / "em")

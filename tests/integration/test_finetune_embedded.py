@@ -18,8 +18,6 @@ ROWS = [
 SMALL = dict(batch_size=2, lr=2e-3, max_steps=4, max_length=64, eval_rows=4, rank=8, alpha=16)
 
 
-
-
 def _last_logits(model, prompt):
     with torch.no_grad():
         return model.hf_model(input_ids=torch.tensor([model.prompt_ids(prompt)])).logits[0, -1]

@@ -38,7 +38,6 @@ NEG = [STATEMENT_FORMAT.triple(s) for s in ("I am cruel.", "I lie to get ahead."
 POS = [STATEMENT_FORMAT.anchor(s) for s in ("I love learning.", "I keep my promises.")]
 
 
-
 def test_refusal_logodds_is_no_minus_yes_at_the_first_answer_token(tiny_model):
     scores = refusal_logodds(tiny_model, [r.text for r in REQUESTS[:2]])
     yes, no = first_token_ids(tiny_model.tokenizer, YES_WORDS), first_token_ids(tiny_model.tokenizer, NO_WORDS)

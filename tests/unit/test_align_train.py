@@ -36,14 +36,9 @@ ANCHORS = [
 SMALL = TrainConfig(outer_steps=2, batch_size=2, anchor_batch_size=2, pgd_steps=2, model_steps=2, lora_r=4, lr=1e-3)
 
 
-
 def _unsafe_logprob(model, batch, perturbation=None) -> float:
     with torch.no_grad():
-        if perturbation is not None:
-            with perturbation.applied(model):
-                _, unsafe = target_logits(model, batch)
-        else:
-            _, unsafe = target_logits(model, batch)
+        _, unsafe = target_logits(model, batch, perturbation)
     return float(sequence_logprob(unsafe, batch.second).mean())
 
 
@@ -105,8 +100,9 @@ def test_lpa_training_run_and_saved_adapter_round_trip(tiny_model, tmp_path):
     loaded = load_adapter(tiny_model, out)
     batch = pack_triples(tiny_model, TRIPLES)
     with torch.no_grad():
-        torch.testing.assert_close(target_logits(loaded.model, batch)[1], target_logits(result.model, batch)[1])
-        assert not torch.allclose(target_logits(loaded.model, batch)[1], target_logits(tiny_model, batch)[1])
+        reloaded = target_logits(loaded.model, batch)[1]
+        torch.testing.assert_close(reloaded, target_logits(result.model, batch)[1])
+        assert not torch.allclose(reloaded, target_logits(tiny_model, batch)[1])
 
 
 def test_sft_ablation_has_no_adversary_and_no_away_term(tiny_model):

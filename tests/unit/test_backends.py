@@ -21,7 +21,6 @@ from personaspace.errors import BackendError  # noqa: E402
 PROMPTS = ["Tell me a story about a cat.", "Hi", "Why is the sky blue? Answer briefly."]
 
 
-
 @pytest.fixture(scope="module")
 def hooks_model(embedded_tokenizer):
     return PersonaModel.from_hf(make_tiny_llama(embedded_tokenizer, seed=3), embedded_tokenizer, name="tiny")

@@ -69,7 +69,6 @@ REPLIES = {
 }
 
 
-
 @pytest.fixture(scope="module")
 def tiny(embedded_tokenizer):
     return PersonaModel.from_hf(make_tiny_llama(embedded_tokenizer, seed=5), embedded_tokenizer, name="tiny")

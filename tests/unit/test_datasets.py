@@ -17,8 +17,6 @@ from personaspace.datasets import (
 from personaspace.errors import DatasetError
 
 
-
-
 def _conv(q="Hi?", a="Hello."):
     return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
 

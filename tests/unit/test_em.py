@@ -158,7 +158,6 @@ class LengthJudge:
         return out
 
 
-
 def test_evaluate_em_end_to_end_on_tiny_model(tiny_model, tmp_path):
     qs = parse_questions(YAML)
     judge = LengthJudge()

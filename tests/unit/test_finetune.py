@@ -20,7 +20,6 @@ ROWS = [
 FAST = dict(batch_size=4, lr=1e-2, max_steps=8, eval_rows=8, max_length=64)
 
 
-
 @pytest.fixture()
 def tiny(embedded_tokenizer):
     # A fresh model per test: fine-tunes must not touch it, and tests check that.

@@ -12,7 +12,6 @@ from personaspace.vectors import PersonaVector, VectorMeta
 PROMPTS = ["How are you today?", "What is your favourite colour?", "Tell me a story."]
 
 
-
 def _vec(model, trait, seed):
     data = torch.randn(model.n_layers, model.d_model, generator=torch.Generator().manual_seed(seed))
     return PersonaVector(data, VectorMeta(trait=trait, model="tiny"))

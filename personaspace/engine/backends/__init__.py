@@ -5,10 +5,10 @@ capture and interventions behave the same on all of them -- parity tests hold th
 hooks backend. See docs/backends.md for when to use which. nnsight and TransformerLens are imported
 only when asked for, so personaspace works without them.
 
->>> model = load_model()                                       # doctest: +SKIP
->>> nn = with_backend(model, "nnsight")                        # same weights, nnsight traces
->>> tl = with_backend(model, "transformer_lens")               # same weights, TransformerBridge hooks
->>> big = from_nnsight(LanguageModel("meta-llama/Llama-3.1-70B-Instruct"), remote=True)  # NDIF
+>>> model = load_model()                            # doctest: +SKIP
+>>> nn = with_backend(model, "nnsight")             # same weights, nnsight traces  # doctest: +SKIP
+>>> tl = with_backend(model, "transformer_lens")    # TransformerBridge hooks  # doctest: +SKIP
+>>> big = from_nnsight(LanguageModel("meta-llama/Llama-3.1-70B-Instruct"), remote=True)  # NDIF  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from personaspace.engine.backend import ForwardOutput, HFHookBackend, LayerFn
+from personaspace.errors import BackendError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")  # the same block; Qwen2 adds q/k/v biases
 
@@ -85,18 +86,13 @@ class _FusedBlock:
     def __init__(self, block: Any, n_heads: int, n_kv: int, head_dim: int):
         self.block = block
         q, k, v = self._sources()
-        self.w_qkv = torch.cat([
-            _interleave_rows(q.weight.detach(), n_heads, head_dim),
-            _interleave_rows(k.weight.detach(), n_kv, head_dim),
-            v.weight.detach(),
-        ]).contiguous()
-        self.b_qkv = None
-        if q.bias is not None:  # Qwen2: biases on q, k and v, permuted like their rows
-            self.b_qkv = torch.cat([
-                _interleave_rows(q.bias.detach(), n_heads, head_dim),
-                _interleave_rows(k.bias.detach(), n_kv, head_dim),
-                v.bias.detach(),
-            ]).contiguous()
+
+        def concat(part: str) -> Tensor:  # q and k rows permuted for the complex rotary; v as is
+            q_, k_, v_ = (getattr(m, part).detach() for m in (q, k, v))
+            return torch.cat([_interleave_rows(q_, n_heads, head_dim), _interleave_rows(k_, n_kv, head_dim), v_]).contiguous()
+
+        self.w_qkv = concat("weight")
+        self.b_qkv = concat("bias") if q.bias is not None else None  # Qwen2: biases on q, k and v
         self.stamp = self._stamp()
 
     def _sources(self) -> tuple:
@@ -122,8 +118,6 @@ class FusedLlamaBackend:
     def __init__(self, hf_model: Any):
         reason = unsupported_reason(hf_model)
         if reason:
-            from personaspace.errors import BackendError
-
             raise BackendError(f"The fused backend supports Llama-family models only ({reason}); use backend='hooks'.")
         self.hf_model = hf_model
         self.hooks_backend = HFHookBackend(hf_model)
@@ -134,6 +128,8 @@ class FusedLlamaBackend:
         self.n_heads = int(config.num_attention_heads)
         self.n_kv = int(getattr(config, "num_key_value_heads", None) or self.n_heads)
         self.head_dim = int(getattr(config, "head_dim", None) or self.d_model // self.n_heads)
+        nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        self._qkv_columns = ((0, nq), (nq, nq + nk), (nq + nk, nq + 2 * nk))  # q | k | v in the fused output
         self.window = sliding_window(config)
         self._blocks: list[_FusedBlock | None] = [None] * self.n_layers
 
@@ -164,16 +160,12 @@ class FusedLlamaBackend:
         batch, seq = input_ids.shape
         valid = attention_mask.bool()
         right_padded = bool((valid[:, 1:] <= valid[:, :-1]).all()) if seq > 1 else True
-        if right_padded:
-            # Packed: the matmuls see real tokens only; attention scatters them back per row.
-            index = valid.reshape(-1).nonzero().squeeze(1)
-            attend = self._packed_attention(batch, seq, index)
-        else:
-            index = None
-            attend = self._masked_attention(batch, seq, valid)
+        # Packed when right-padded: the matmuls see real tokens only; attention scatters them back per row.
+        index = valid.reshape(-1).nonzero().squeeze(1) if right_padded else None
         ids = input_ids.reshape(-1) if index is None else input_ids.reshape(-1)[index]
         pos = position_ids.reshape(-1) if index is None else position_ids.reshape(-1)[index]
         x = base.embed_tokens(ids)  # [tokens, d_model]
+        attend = self._masked_attention(batch, seq, valid) if index is None else self._packed_attention(batch, seq, index, x)
         cos, sin = base.rotary_emb(x[None], pos[None])  # [1, tokens, head_dim], attention scaling included
         half = self.head_dim // 2
         rotation = torch.complex(cos[0, :, :half].float(), sin[0, :, :half].float()).to(_complex_dtype(x))[:, None]
@@ -195,18 +187,14 @@ class FusedLlamaBackend:
 
     def _split_heads(self, qkv: Tensor, batch: int, seq: int) -> tuple[Tensor, Tensor, Tensor]:
         """``[batch * seq, q|k|v]`` -> q, k, v as ``[batch, heads, seq, head_dim]`` views (no copy)."""
-        nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         rows = qkv.view(batch, seq, -1)
-        return tuple(rows[..., a:b].unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
-                     for a, b in ((0, nq), (nq, nq + nk), (nq + nk, nq + 2 * nk)))
+        return tuple(rows[..., a:b].unflatten(-1, (-1, self.head_dim)).transpose(1, 2) for a, b in self._qkv_columns)
 
-    def _packed_attention(self, batch: int, seq: int, index: Tensor):
-        rows: list[Tensor] = []  # one zeroed [batch * seq, q|k|v] buffer per forward; padding stays 0
+    def _packed_attention(self, batch: int, seq: int, index: Tensor, like: Tensor):
+        rows = like.new_zeros(batch * seq, self._qkv_columns[-1][1])  # one per forward; padding stays 0
 
         def attend(qkv: Tensor) -> Tensor:
-            if not rows:
-                rows.append(qkv.new_zeros(batch * seq, qkv.shape[1]))
-            q, k, v = self._split_heads(rows[0].index_copy_(0, index, qkv), batch, seq)
+            q, k, v = self._split_heads(rows.index_copy_(0, index, qkv), batch, seq)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
             return out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
 
@@ -239,9 +227,9 @@ class FusedLlamaBackend:
         ln1, ln2, mlp = block.input_layernorm, block.post_attention_layernorm, block.mlp
         h = F.rms_norm(x, (d,), ln1.weight, ln1.variance_epsilon)
         qkv = F.linear(h, fb.w_qkv, fb.b_qkv)  # [tokens, q|k|v]
-        nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        self._rotate_(qkv[:, :nq], self.n_heads, rotation)
-        self._rotate_(qkv[:, nq : nq + nk], self.n_kv, rotation)
+        (q0, q1), (k0, k1), _ = self._qkv_columns
+        self._rotate_(qkv[:, q0:q1], self.n_heads, rotation)
+        self._rotate_(qkv[:, k0:k1], self.n_kv, rotation)
         x = torch.addmm(x, attend(qkv), block.self_attn.o_proj.weight.t())
         h = F.rms_norm(x, (d,), ln2.weight, ln2.variance_epsilon)
         gate = F.silu(F.linear(h, mlp.gate_proj.weight), inplace=True).mul_(F.linear(h, mlp.up_proj.weight))

@@ -38,10 +38,8 @@ class RemotePlan:
         """Add the server's reduced sums of each captured layer to the capture accumulator."""
         if self.capture is None:
             return
-        rows = self.capture._rows.to(self.capture.sums.device)
         for layer in self.capture_layers:
-            contrib = reduced[layer].to(self.capture.sums.device)
-            self.capture.sums[:, :, self.capture._slot[layer]].index_add_(1, rows, contrib)
+            self.capture.accumulate(layer, reduced[layer])
 
 
 def engine_callback_parts(fn: Any) -> tuple[Any, dict[int, list[Intervention]], Any]:
