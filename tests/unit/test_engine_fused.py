@@ -133,6 +133,27 @@ def test_callbacks_see_padded_rows_and_in_place_edits_count(pair):
     assert rel_err(out, ref) < 1e-5
 
 
+def test_in_place_edits_count_when_the_callback_returns_its_own_tensor(pair):
+    """Editing the given tensor and returning it is a replacement too, as with hooks (packed rows)."""
+    fused, hooks = pair
+    ids = [fused.prompt_ids(p) for p in PROMPTS]
+    width = max(map(len, ids))
+    input_ids = torch.tensor([s + [fused.pad_id] * (width - len(s)) for s in ids])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
+
+    def halve_and_return(layer, hidden):
+        return hidden.mul_(0.5)
+
+    with torch.inference_mode():
+        fns = {1: halve_and_return}
+        out = fused.backend.forward(input_ids, mask, position_ids(mask), layer_fns=fns, logits_to_keep=0).logits
+        ref = hooks.backend.forward(input_ids, mask, position_ids(mask), layer_fns=fns, logits_to_keep=0).logits
+        plain = hooks.backend.forward(input_ids, mask, position_ids(mask), layer_fns={}, logits_to_keep=0).logits
+    real = mask.bool()
+    assert rel_err(plain[real], ref[real]) > 1e-3  # the edit bites
+    assert rel_err(out[real], ref[real]) < 1e-5
+
+
 def test_weight_edits_and_replacements_are_followed(embedded_tokenizer):
     model = PersonaModel.from_hf(make_tiny_llama(embedded_tokenizer, layers=2, seed=3), embedded_tokenizer)
     hooks = with_backend(model, "hooks")

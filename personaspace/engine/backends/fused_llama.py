@@ -250,13 +250,11 @@ def _padded(x: Tensor, index: Tensor | None, batch: int, seq: int) -> Tensor:
 def _call_padded(fn: LayerFn, layer: int, x: Tensor, index: Tensor | None, batch: int, seq: int) -> Tensor:
     """Give a layer callback the ``[batch, seq, d_model]`` view it expects; take back its replacement.
 
-    As with hooks, a callback returns a replacement, or edits the tensor in place and returns None.
-    Returning the very tensor it was given means "unchanged" (a capture), so nothing is gathered back.
+    As with hooks, a callback returns a replacement (which may be the tensor it was given, edited in
+    place), or edits the tensor in place and returns None.
     """
     hidden = _padded(x, index, batch, seq)
     new = fn(layer, hidden)
-    if new is hidden and index is not None:
-        return x  # unchanged (a capture): no need to gather the packed tokens again
     new = hidden if new is None else new  # None: the callback may have edited the tensor in place
     flat = new.reshape(batch * seq, -1)
     return flat if index is None else flat.index_select(0, index)
