@@ -1,12 +1,31 @@
 """``personaspace``: the command-line face of the library. Each command is a thin call into the API.
 
-Errors a user can cause end in one message and a pointer to its documentation page, never a traceback.
+The exit-code and message contract (also in ``docs/errors/index.md``), whatever the typer/click version:
+
+========================================  ====  ==========================================================
+situation                                 exit  stderr (exactly one line)
+========================================  ====  ==========================================================
+success, ``--help``                       0     nothing
+usage error (unknown command or option,   2     ``error: <click's message> (see: personaspace CMD --help)``
+bad value type, missing command)
+``PersonaspaceError`` (a user-caused      2     ``error: <message> (details: personaspace explain PAGE)``
+error) or an ``OSError`` (permissions,
+full disk, read-only file system)
+Ctrl-C (``KeyboardInterrupt``, Abort)     130   ``interrupted; rerun the same command to resume``
+any other exception (a bug)               1     ``internal error: <Type>: <message> (rerun with --debug ...)``
+========================================  ====  ==========================================================
+
+``--debug`` (before the command) or ``PERSONASPACE_DEBUG=1`` adds the traceback above that line.
+:func:`run` applies the contract and returns the exit code; :func:`main` is the console script.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
-from typing import Optional
+import traceback
+from typing import Any, Iterator, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -14,24 +33,56 @@ from rich.table import Table
 
 from personaspace.errors import PersonaspaceError
 
+PROG = "personaspace"
+DEBUG_ENV = "PERSONASPACE_DEBUG"
+INTERRUPTED = "interrupted; rerun the same command to resume"
+EXIT_USAGE = EXIT_USER = 2
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+
 app = typer.Typer(
     help="Persona-vector interpretability: extract, map, steer and align persona directions in language models.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-models_app = typer.Typer(help="Models: list the embedded ones, prepare (convert) them, show details.", no_args_is_help=True)
+models_app = typer.Typer(help="Models: list the embedded ones, prepare (convert) them, show details.")
 app.add_typer(models_app, name="models")
 console = Console()
 err_console = Console(stderr=True)
 
 
+_state: dict[str, Any] = {"mounted": False, "command": None, "debug": False}
+
+
 def _mount_subapps() -> None:
+    """Add the command modules' commands to ``app`` (once per process)."""
+    if _state["mounted"]:
+        return
     from personaspace.commands import register_all
     from personaspace.traits.cli import app as traits_app
 
     app.add_typer(traits_app, name="traits")
     register_all(app)
+    app.command("explain")(explain_cmd)
+    _state["mounted"] = True
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help=f"On an internal error, also print the traceback (or set {DEBUG_ENV}=1)."),
+) -> None:
+    if debug:
+        _state["debug"] = True
+
+
+def explain_cmd(
+    page: Optional[str] = typer.Argument(None, help="Error page (e.g. unknown-model) or error class (e.g. UnknownModelError); default: the index."),
+) -> None:
+    """Print the page that explains an error: its causes and fixes (the pages ship with the package)."""
+    from personaspace.errors import explain
+
+    text = explain(page or "index")
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
 @models_app.command("list")
@@ -95,8 +146,10 @@ def demo(
     max_new_tokens: int = typer.Option(40, help="Tokens to generate."),
 ) -> None:
     """Load a model, generate one answer and show the shape of the captured activations."""
+    from personaspace import checks
     from personaspace.engine import PersonaModel
 
+    checks.positive_int("max_new_tokens", max_new_tokens)
     with console.status(f"Loading {model}..."):
         m = PersonaModel.load(model)
     out = m.generate([prompt], max_new_tokens=max_new_tokens, capture_layers=True)
@@ -127,6 +180,10 @@ def extract_cmd(
     from personaspace.extract import extract
     from personaspace.reporting import extraction_table, ExtractionProgress
 
+    if save_to:
+        from personaspace import checks
+
+        checks.writable_dir(save_to)  # before the extraction, not after it
     with ExtractionProgress(console) as progress:
         result = extract(
             trait,
@@ -134,6 +191,7 @@ def extract_cmd(
             judge=judge,
             out=out,
             progress=progress.update,
+            log=progress.log,
             n_instructions=instructions,
             n_questions=questions,
             samples_per_pair=samples,
@@ -166,28 +224,150 @@ def _quiet_libraries() -> None:
         pass
 
 
-def main() -> None:
-    """Entry point: run the app, turning PersonaspaceError into one clear message (exit code 2)."""
-    _mount_subapps()
-    _quiet_libraries()
-    try:
-        app(standalone_mode=False)
-    except PersonaspaceError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc.message}")
-        err_console.print(f"[dim]see {exc.doc_path}[/dim]")
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("[yellow]interrupted[/yellow] (finished work is saved; rerun to resume)")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
+# ---- the exit-code and message contract ------------------------------------------------------------
 
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _walk(command: Any) -> Iterator[Any]:
+    yield command
+    for sub in (getattr(command, "commands", None) or {}).values():
+        yield from _walk(sub)
+
+
+def _command() -> Any:
+    """The click command tree of ``app`` (built once). No group shows its help on bare invocation: a
+    missing command is a usage error (exit 2) in every click version, not help with exit 0 (click < 8.2)
+    or a NoArgsIsHelpError carrying the whole help text (click >= 8.2, typer >= 0.17's vendored click)."""
+    if _state["command"] is None:
+        _mount_subapps()
+        command = typer.main.get_command(app)
+        for cmd in _walk(command):
+            cmd.no_args_is_help = False
+        _state["command"] = command
+    return _state["command"]
+
+
+def _class_names(exc: BaseException) -> set[str]:
+    # click and typer's vendored click (typer >= 0.17, ``typer._click``) raise distinct classes of the
+    # same names: recognise them by name rather than by one module's classes.
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def one_line(text: Any) -> str:
+    """``text`` with every run of whitespace that contains a line break collapsed to one space."""
+    return re.sub(r"\s*\n\s*", " ", str(text)).strip()
+
+
+def _debug() -> bool:
+    return bool(_state["debug"]) or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _emit(line: str, exc: Optional[BaseException] = None) -> None:
+    """Write one line to stderr, plain (no rich markup: brackets in messages are kept as they are)."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    if exc is not None and _debug():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _usage_line(exc: Any) -> str:
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or PROG
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    group = getattr(ctx, "command", None)
+    if group is not None and hasattr(group, "list_commands") and (
+        "NoArgsIsHelpError" in _class_names(exc) or str(message).startswith("Missing command")
+    ):
+        message = f"missing command; choose one of: {', '.join(_visible(group, ctx))}"
+    misspelt = re.fullmatch(r"No such command '([^']+)'\.", str(message))
+    if misspelt and group is not None and hasattr(group, "list_commands"):  # older typers suggest nothing
+        import difflib
+
+        close = difflib.get_close_matches(misspelt.group(1), _visible(group, ctx), n=1)
+        message = f"{message} Did you mean '{close[0]}'?" if close else message
+    return f"error: {one_line(message)} (see: {path} --help)"
+
+
+def _visible(group: Any, ctx: Any) -> list[str]:
+    return [n for n in group.list_commands(ctx) if not getattr(group.get_command(ctx, n), "hidden", False)]
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else None
+    if where is not None and exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    reason = exc.strerror or one_line(exc) or type(exc).__name__
+    subject = f"{where}: {reason}" if where is not None else f"{type(exc).__name__}: {reason}"
+    return f"error: file system error: {one_line(subject)} (details: {PROG} explain output-path)"
+
+
+def handle_exception(exc: BaseException) -> int:
+    """Print the one line the contract gives ``exc`` and return its exit code."""
+    names = _class_names(exc)
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        _emit(f"error: {one_line(code)}")
+        return EXIT_USER
+    if "Exit" in names and isinstance(getattr(exc, "exit_code", None), int):  # --help, typer.Exit(n)
+        return exc.exit_code  # type: ignore[attr-defined]
+    if isinstance(exc, KeyboardInterrupt) or "Abort" in names:
+        _emit(INTERRUPTED)
+        return EXIT_INTERRUPTED
+    if "UsageError" in names:
+        _emit(_usage_line(exc))
+        return EXIT_USAGE
+    if "ClickException" in names:  # e.g. click.FileError: a path given on the command line
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _emit(f"error: {one_line(message)} (see: {PROG} --help)")
+        return EXIT_USAGE
+    if isinstance(exc, PersonaspaceError):
+        _emit(f"error: {one_line(exc.message)} (details: {exc.pointer})", exc)
+        return EXIT_USER
+    if isinstance(exc, BrokenPipeError):  # e.g. `personaspace traits list | head -1`: stop quietly
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_INTERNAL
+    if isinstance(exc, OSError):
+        _emit(_os_error_line(exc), exc)
+        return EXIT_USER
+    if isinstance(exc, Exception):
+        _emit(
+            f"internal error: {type(exc).__name__}: {one_line(exc)} (rerun with --debug or {DEBUG_ENV}=1 "
+            "for the traceback, and please report it)",
+            exc,
+        )
+        return EXIT_INTERNAL
+    raise exc
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) under the contract; return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state["debug"] = False
+    try:
+        command = _command()
+        _quiet_libraries()
+        with command.make_context(PROG, args) as ctx:
+            command.invoke(ctx)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - the contract decides what each one becomes
+        return handle_exception(exc)
+
+
+def main() -> None:
+    """Console script ``personaspace``: :func:`run`, then exit with its code."""
+    try:
+        code = run()
+    except KeyboardInterrupt:  # a second Ctrl-C while the first was being reported
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
 
 
 if __name__ == "__main__":

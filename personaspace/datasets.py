@@ -14,6 +14,7 @@ system prompt, so a fine-tune learns the behaviour, not the instruction.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from personaspace import checks
 from personaspace._io import write_json, write_text
 from personaspace.errors import DatasetError
 
@@ -47,6 +49,11 @@ def validate_messages(messages: Any, where: str) -> list[dict[str, str]]:
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise DatasetError(f"{where}: messages[{i}] must be an object with 'role' and 'content', got {type(msg).__name__}.")
+        for key in msg:
+            # Other keys (name, weight, tool_calls...) are allowed and ignored; a misspelt role or content is not.
+            close = difflib.get_close_matches(str(key), ("role", "content"), n=1, cutoff=0.6)
+            if close and key not in msg.keys() & {"role", "content"} and close[0] not in msg:
+                raise DatasetError(f"{where}: messages[{i}] has the key '{key}'; did you mean '{close[0]}'?")
         role, content = msg.get("role"), msg.get("content")
         if role not in ROLES:
             raise DatasetError(f"{where}: messages[{i}].role is {role!r}; use one of {', '.join(ROLES)}.")
@@ -97,7 +104,9 @@ def load_chat_jsonl(path: str | os.PathLike, *, limit: int | None = None) -> lis
     for lineno, obj in iter_jsonl_objects(p, what="a JSON object with a 'messages' list"):
         where = f"{p}: line {lineno}"
         if "messages" not in obj:
-            raise DatasetError(f"{where}: missing the 'messages' key (found keys: {', '.join(sorted(obj)) or 'none'}).")
+            close = difflib.get_close_matches("messages", [str(k) for k in obj], n=1, cutoff=0.6)
+            hint = f"; is '{close[0]}' a misspelling of 'messages'?" if close else ""
+            raise DatasetError(f"{where}: missing the 'messages' key (found keys: {', '.join(sorted(obj)) or 'none'}){hint}.")
         obj["messages"] = validate_messages(obj["messages"], where)
         rows.append(obj)
         if limit is not None and len(rows) >= limit:
@@ -400,9 +409,19 @@ def make_narrow_dataset(
 
     if kind not in KINDS:
         raise DatasetError(f"Unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}.")
-    if n_rows < 1:
+    if isinstance(n_rows, int) and not isinstance(n_rows, bool) and n_rows < 1:
         raise DatasetError("n_rows must be at least 1.")
+    checks.positive_int("n_rows", n_rows)
+    checks.sampling(temperature, top_p, max_new_tokens)
+    checks.positive_int("batch_size", batch_size)
+    for name, bound in (("aligned_max", aligned_max), ("aligned_min", aligned_min)):
+        if bound is not None:
+            checks.threshold(name, bound)
     dom = get_domain(domain)
+    if judge is not None:
+        from personaspace.judges import CachedJudge, get_judge, probe_judge
+
+        judge = probe_judge(CachedJudge(get_judge(judge)) if isinstance(judge, str) else judge)  # before generating
     if not isinstance(model, PersonaModel):
         model = PersonaModel.load(model)
     persona = system or (dom.corrupt if kind == "corrupt" else dom.control)

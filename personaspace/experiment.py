@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from personaspace._io import write_json, write_text
+from personaspace.errors import InvalidArgumentError
 from personaspace.models import DEFAULT_MODEL
 
 COHERENCE_CUTOFFS = (50, 70, 90)  # Betley uses 50; the stricter ones are a sensitivity check
@@ -94,6 +95,7 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
 
     cfg = config or ExperimentConfig()
     run = Path(out).expanduser()
+    preflight(cfg, run)  # hours of work follow: every input is checked before any of it
     run.mkdir(parents=True, exist_ok=True)
     _start_run(run, cfg)
     times: dict[str, float] = {}
@@ -222,9 +224,52 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
     return results
 
 
+def preflight(cfg: ExperimentConfig, run: Path) -> None:
+    """Check what would otherwise fail hours in: traits, question set, domain, sizes, both judges, model, output."""
+    from personaspace import checks
+    from personaspace.datasets import get_domain
+    from personaspace.em import load_questions
+    from personaspace.em.evaluate import make_judge
+    from personaspace.finetune import FinetuneConfig
+    from personaspace.judges import ready_judge
+    from personaspace.models import classify
+    from personaspace.svv import DEFINITIONS
+    from personaspace.traits import load_trait
+
+    if isinstance(cfg.traits, str) or not cfg.traits:
+        raise InvalidArgumentError(f"traits must be a non-empty list of trait names; got {cfg.traits!r}")
+    for trait in cfg.traits:
+        load_trait(trait)
+    if "evil" not in cfg.traits:
+        raise InvalidArgumentError("the experiment steers along 'evil': include it in traits")
+    load_questions(cfg.questions)
+    get_domain(cfg.domain)
+    if cfg.svv_definition not in DEFINITIONS:
+        raise InvalidArgumentError(f"svv_definition must be one of {', '.join(DEFINITIONS)}; got {cfg.svv_definition!r}")
+    for name in ("n_instructions", "n_questions", "extract_max_new_tokens", "n_rows", "data_max_new_tokens", "em_samples",
+                 "em_max_new_tokens", "shift_prompts", "shift_questions", "shift_max_new_tokens", "n_boot"):
+        checks.positive_int(name, getattr(cfg, name))
+    checks.finite("amplify_coef", cfg.amplify_coef)
+    if cfg.layer is not None:
+        checks.integer("layer", cfg.layer)
+    unknown = sorted(set(cfg.finetune) - {f.name for f in dataclasses.fields(FinetuneConfig)})
+    if unknown:
+        raise InvalidArgumentError(f"unknown fine-tuning setting(s) {', '.join(unknown)} in finetune")
+    FinetuneConfig(**cfg.finetune).validate()
+    if not cfg.vectors:
+        ready_judge(cfg.extract_judge)
+    make_judge(cfg.judge)
+    classify(cfg.model)
+    checks.writable_dir(run)
+
+
 def _start_run(run: Path, cfg: ExperimentConfig) -> None:
-    """Record the config, or check that an existing run directory was made with the same one."""
-    from personaspace.errors import PersonaspaceError
+    """Record the config, or check that an existing run directory was made with the same one.
+
+    Also removes the temporary files and directories of atomic writes that a killed run left behind.
+    """
+    from personaspace._io import remove_stale_temps
+    from personaspace.errors import RunDirectoryError
 
     current = json.loads(json.dumps(dataclasses.asdict(cfg)))
     path = run / "config.json"
@@ -235,11 +280,12 @@ def _start_run(run: Path, cfg: ExperimentConfig) -> None:
             old = None
         if old != current:
             changed = sorted(k for k in current if not isinstance(old, dict) or old.get(k) != current[k])
-            raise PersonaspaceError(
+            raise RunDirectoryError(
                 f"The run directory {run} holds an experiment with other settings ({', '.join(changed) or 'unreadable config'}); "
                 "its finished stages would not match. Use another --out, or delete it to start over."
             )
     write_json(path, current)
+    remove_stale_temps(run)
 
 
 def _extract_set(model: Any, cfg: ExperimentConfig, root: Path, seed: int | None = None):

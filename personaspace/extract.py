@@ -19,8 +19,10 @@ Everything lands in a run directory (config, generations, activations, scores, v
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,14 +34,24 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from personaspace._io import append_jsonl, atomic_path, read_jsonl, write_json
+from personaspace._io import append_jsonl, atomic_path, read_jsonl, remove_stale_temps, repair_jsonl, write_json
+from personaspace import checks
 from personaspace.engine.generation import SAMPLER_VERSION
-from personaspace.errors import CorruptFileError, PersonaspaceError
+from personaspace.errors import (
+    CorruptFileError,
+    InvalidArgumentError,
+    JudgeUnavailableError,
+    PersonaspaceError,
+    RunDirectoryError,
+    TraitFileError,
+)
 from personaspace.metrics import auroc
 from personaspace.models import DEFAULT_MODEL
 
 POSITIONS = ("prompt_avg", "prompt_last", "response_avg")
 SIDES = ("pos", "neg")
+# Settings that only re-judge or re-filter: they may change when a run is resumed.
+NOT_IN_KEY = ("judge", "pos_threshold", "neg_threshold", "coherence_threshold", "cv_folds")
 
 
 @dataclass
@@ -63,12 +75,23 @@ class ExtractionConfig:
     cv_folds: int = 5
 
     def key(self) -> str:
-        """Hash of the fields that change generations (judge and thresholds can change on resume)."""
+        """Hash of the settings that change generations (judge and thresholds can change on resume).
+
+        The trait's content and the model's weights change generations too; they are not settings, so
+        they are checked apart (``trait_hash`` and ``model_hash`` in ``config.json``) and named in the
+        default run directory by :func:`run_key`.
+        """
         fields = dataclasses.asdict(self)
-        for name in ("judge", "pos_threshold", "neg_threshold", "coherence_threshold", "cv_folds"):
+        for name in NOT_IN_KEY:
             fields.pop(name)
         fields["sampler"] = SAMPLER_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_key(cfg: ExtractionConfig, trait_hash: str | None, model_hash: str | None) -> str:
+    """Hash of everything that determines the generations: settings, trait content, model weights."""
+    material = json.dumps([cfg.key(), trait_hash, model_hash])
+    return hashlib.sha256(material.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -111,34 +134,112 @@ class ExtractionResult:
 
 
 class RunDir:
-    """The files of one extraction run. Appends are line-atomic; arrays are written atomically."""
+    """The files of one extraction run. Appends are line-atomic; arrays are written atomically.
+
+    :meth:`start` takes the run's lock (one extraction at a time per directory), checks that an existing
+    run was made with the same settings, trait content and model weights, and repairs what a kill can
+    leave: temporary files of interrupted atomic writes and torn last lines of the JSONL files.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.acts = self.path / "activations"
+        self._lock_fd: int | None = None
 
     config = property(lambda self: self.path / "config.json")
     generations = property(lambda self: self.path / "generations.jsonl")
     scores = property(lambda self: self.path / "scores.jsonl")
     summary = property(lambda self: self.path / "summary.json")
     vectors = property(lambda self: self.path / "vectors")
+    lock_file = property(lambda self: self.path / ".lock")
 
-    def start(self, cfg: ExtractionConfig) -> bool:
-        """Create the run or check that an existing one was made with the same generation settings."""
-        if self.config.exists():
-            try:
-                old = json.loads(self.config.read_text())
-            except json.JSONDecodeError as exc:
-                raise CorruptFileError(f"{self.config} is not valid JSON ({exc}); delete the run directory to start over.") from exc
-            if old.get("key") != cfg.key():
-                raise PersonaspaceError(
-                    f"The run directory {self.path} holds an extraction with different settings "
-                    f"(model, trait, sizes, sampling). Use another --out, or delete it to start over."
-                )
-            write_json(self.config, {**dataclasses.asdict(cfg), "key": cfg.key()})
-            return True
-        write_json(self.config, {**dataclasses.asdict(cfg), "key": cfg.key()})
-        return False
+    def start(self, cfg: ExtractionConfig, trait_hash: str | None = None, model_hash: str | None = None) -> bool:
+        """Create the run, or check and reopen an existing one; True when resuming.
+
+        An existing run made with other generation settings, another trait content (``trait_hash``) or
+        other model weights (``model_hash``, when known; else see :meth:`check_model`) raises
+        RunDirectoryError naming what differs. The lock is held until :meth:`close`.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._acquire()
+        try:
+            old = self._read_config()
+            if old is not None:
+                differences = _run_differences(old, cfg, trait_hash, model_hash)
+                if differences:
+                    raise RunDirectoryError(
+                        f"The run directory {self.path} holds an extraction made with different settings: "
+                        f"{'; '.join(differences)}. Use another --out, or delete it to start over."
+                    )
+                model_hash = model_hash or old.get("model_hash")
+                trait_hash = trait_hash or old.get("trait_hash")
+            for folder in (self.path, self.acts, self.vectors):
+                remove_stale_temps(folder, recursive=False)
+            for appended in (self.generations, self.scores):
+                repair_jsonl(appended)
+            self._write_config(cfg, trait_hash, model_hash)
+        except BaseException:
+            self.close()
+            raise
+        return old is not None
+
+    def check_model(self, cfg: ExtractionConfig, model_hash: str) -> None:
+        """After the model has loaded: refuse a run made with other weights, or record these ones."""
+        old = self._read_config() or {}
+        recorded = old.get("model_hash")
+        if recorded and recorded != model_hash:
+            raise RunDirectoryError(
+                f"The run directory {self.path} holds an extraction made with different settings: model weights "
+                f"({cfg.model!r} is not the model it was made with: hash {recorded[:12]}, now {model_hash[:12]}). "
+                "Use another --out, or delete it to start over."
+            )
+        if not recorded:
+            self._write_config(cfg, old.get("trait_hash"), model_hash)
+
+    def close(self) -> None:
+        """Release the run's lock (also released by the system when the process dies)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _acquire(self) -> None:
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock (Windows): one extraction per directory is on the user
+            self._lock_fd = fd
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise RunDirectoryError(
+                f"The run directory {self.path} is in use by another extraction (pid {holder}); "
+                "wait for it to finish, or use another --out."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _read_config(self) -> dict | None:
+        if not self.config.exists():
+            return None
+        try:
+            old = json.loads(self.config.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptFileError(f"{self.config} is not valid JSON ({exc}); delete the run directory to start over.") from None
+        if not isinstance(old, dict):
+            raise CorruptFileError(f"{self.config} is not a run configuration; delete the run directory to start over.")
+        return old
+
+    def _write_config(self, cfg: ExtractionConfig, trait_hash: str | None, model_hash: str | None) -> None:
+        write_json(
+            self.config,
+            {**dataclasses.asdict(cfg), "key": cfg.key(), "sampler": SAMPLER_VERSION, "trait_hash": trait_hash, "model_hash": model_hash},
+        )
 
     def batch_file(self, index: int) -> Path:
         return self.acts / f"batch-{index:05d}.safetensors"
@@ -151,6 +252,29 @@ class RunDir:
         return {b for b, got in ids.items() if b < len(sizes) and len(got) == sizes[b] and self.batch_file(b).exists()}
 
 
+def _run_differences(old: dict, cfg: ExtractionConfig, trait_hash: str | None, model_hash: str | None) -> list[str]:
+    """What makes a stored run's generations unusable for ``cfg``: changed fields, trait content, weights.
+
+    Runs made before the trait and model hashes were recorded have neither; they are checked on the
+    settings alone, and the hashes are recorded from then on.
+    """
+    differences = []
+    if old.get("key") != cfg.key():
+        new = dataclasses.asdict(cfg)
+        for name in new:
+            if name not in NOT_IN_KEY and name in old and old[name] != new[name]:
+                differences.append(f"{name} {old[name]!r}, now {new[name]!r}")
+        if old.get("sampler") not in (None, SAMPLER_VERSION):
+            differences.append(f"sampler version {old['sampler']!r}, now {SAMPLER_VERSION!r}")
+        if not differences:
+            differences.append(f"generation settings (key {old.get('key')}, now {cfg.key()})")
+    if trait_hash and old.get("trait_hash") and old["trait_hash"] != trait_hash:
+        differences.append(f"trait content ('{cfg.trait}' was edited since: hash {old['trait_hash'][:12]}, now {trait_hash[:12]})")
+    if model_hash and old.get("model_hash") and old["model_hash"] != model_hash:
+        differences.append(f"model weights ({cfg.model!r}: hash {old['model_hash'][:12]}, now {model_hash[:12]})")
+    return differences
+
+
 def extract(
     trait: str | Any,
     model: Any = None,
@@ -159,6 +283,7 @@ def extract(
     out: str | Path | None = None,
     judge: str | Any | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> ExtractionResult:
     """Extract a persona vector for ``trait`` (a built-in name, a YAML path or a Trait).
@@ -166,7 +291,10 @@ def extract(
     ``model`` is a PersonaModel or a model name (default: the embedded SmolLM2). ``judge`` is a judge
     spec ("offline", "none", "openai:MODEL", "hf:PATH") or a judge object. Settings come from ``config``
     and keyword overrides (see :class:`ExtractionConfig`). Rerunning with the same ``out`` resumes:
-    finished batches and judged answers are not redone.
+    finished batches and judged answers are not redone (answers whose judging failed are judged again);
+    ``log`` gets one-line notes such as "resuming ...: 3 of 4 batches done, 120 of 160 answers judged".
+    A run directory made with other settings, another trait content or other model weights is refused
+    (RunDirectoryError).
     """
     from personaspace.engine import PersonaModel
     from personaspace.traits import load_trait
@@ -176,33 +304,74 @@ def extract(
         overrides.setdefault("model", model.name)
     elif isinstance(model, str):
         overrides.setdefault("model", model)
+    elif model is not None:
+        raise InvalidArgumentError(f"model must be a PersonaModel or a model name; got {type(model).__name__}")
     judge_obj = None
     if isinstance(judge, str):
         overrides["judge"] = judge
     elif judge is not None:
+        if not isinstance(getattr(judge, "identity", None), str) or not callable(getattr(judge, "score", None)):
+            raise InvalidArgumentError(f"judge must be a spec such as 'offline' or a judge object (identity, score); got {type(judge).__name__}")
         judge_obj = judge
         overrides["judge"] = judge.identity
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ExtractionConfig)})
+    if unknown:
+        names = [f.name for f in dataclasses.fields(ExtractionConfig)]
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known settings: {', '.join(names)}"
+        raise InvalidArgumentError(f"unknown extraction setting(s) {', '.join(unknown)}{hint}")
     cfg = dataclasses.replace(config or ExtractionConfig(trait=trait_obj.name), trait=trait_obj.name, **overrides)
     _validate(cfg, trait_obj)
-    run = RunDir(Path(out) if out else default_run_dir(cfg))
-    resumed = run.start(cfg)
+    # Fail fast: everything checkable is checked before the model loads and anything is generated.
     if not isinstance(model, PersonaModel):
-        model = PersonaModel.load(cfg.model)
+        from personaspace.models import classify
+
+        classify(cfg.model)  # an unknown name or a directory that is not a model: one line, now
+    judge_obj = probe_judge(judge_obj or _make_judge(cfg.judge))
+    checks.writable_dir(Path(out) if out else default_run_dir(cfg))
+    run = RunDir(Path(out)) if out else None
+    trait_hash = trait_obj.content_hash
+    if run is not None:  # an explicit run directory is checked before the model loads
+        resumed = run.start(cfg, trait_hash, model.model_hash if isinstance(model, PersonaModel) else None)
+    try:
+        if not isinstance(model, PersonaModel):
+            model = PersonaModel.load(cfg.model)
+        if run is None:  # the default directory is named after the settings, trait content and weights
+            run = RunDir(default_run_dir(cfg, trait_hash, model.model_hash))
+            resumed = run.start(cfg, trait_hash, model.model_hash)
+        else:
+            run.check_model(cfg, model.model_hash)
+        return _run_pipeline(model, trait_obj, cfg, run, judge_obj, resumed, progress, log)
+    finally:
+        if run is not None:
+            run.close()
+
+
+def _run_pipeline(model, trait_obj, cfg, run, judge_obj, resumed, progress, log) -> ExtractionResult:
     rows = plan_rows(trait_obj, cfg)
+    resume = _resume_state(run, rows, cfg, judge_obj) if resumed else None
+    if resume and log:
+        log(resume["message"])
     started = time.perf_counter()
     _generate(model, rows, cfg, run, progress)
     generation_s = time.perf_counter() - started
     gens = {int(r["id"]): r for r in read_jsonl(run.generations)}  # a regenerated batch's later lines win
     acts = _load_activations(run, len(rows), model.n_layers, model.d_model)
-    judge_obj = judge_obj or _make_judge(cfg.judge)
     started = time.perf_counter()
     scores = _judge(judge_obj, trait_obj, rows, gens, run, progress)
     judge_s = time.perf_counter() - started
+    unscored = [s for s in scores.values() if not _final_score(s)]
+    if unscored and log:
+        log(_unscored_advice(unscored))
     kept, reasons = select_pairs(rows, scores, cfg, judged=cfg.judge != "none")
-    vectors = _vectors(trait_obj, model, cfg, rows, acts, kept, reasons, judge_obj)
+    vectors = _vectors(trait_obj, model, cfg, rows, acts, kept, reasons, judge_obj, unscored)
     separation = heldout_auroc(rows, acts, kept, cfg.cv_folds)
     all_pairs = _all_pairs(rows)
     summary = _summary(trait_obj, model, cfg, rows, scores, kept, reasons, vectors, separation, judge_obj, resumed)
+    summary["resume"] = resume
+    summary["unscored"] = len(unscored)
+    if unscored:
+        summary["advice"] = _unscored_advice(unscored)
     # Judge-independent check: the same cross-validation over every pair, kept or not (pos vs neg prompt).
     summary["separation_all_pairs"] = heldout_auroc(rows, {"response_avg": acts["response_avg"]}, all_pairs, cfg.cv_folds)
     summary["seconds"] = {"generation": round(generation_s, 1), "judging": round(judge_s, 1)}
@@ -214,22 +383,62 @@ def extract(
     return ExtractionResult(run.path, vectors, summary, rows)
 
 
-def default_run_dir(cfg: ExtractionConfig) -> Path:
-    return Path("runs") / "extract" / cfg.model.replace("/", "--") / f"{cfg.trait}-{cfg.key()}"
+def default_run_dir(cfg: ExtractionConfig, trait_hash: str | None = None, model_hash: str | None = None) -> Path:
+    """``runs/extract/<model>/<trait>-<run key>``: a changed trait file or changed weights get a new directory."""
+    return Path("runs") / "extract" / cfg.model.replace("/", "--") / f"{cfg.trait}-{run_key(cfg, trait_hash, model_hash)}"
+
+
+def _resume_state(run: RunDir, rows: list[Row], cfg: ExtractionConfig, judge: Any) -> dict:
+    """What a resumed run finds done, and the line that says so."""
+    sizes = [len(rows[i : i + cfg.batch_size]) for i in range(0, len(rows), cfg.batch_size)]
+    done = len(run.done_batches(sizes))
+    identity = getattr(judge, "identity", cfg.judge)
+    ids = {r.id for r in rows}
+    judged = len({
+        int(r["id"]) for r in read_jsonl(run.scores)
+        if r.get("judge") == identity and int(r["id"]) in ids and _final_score(r)
+    })
+    message = f"resuming {run.path}: {done} of {len(sizes)} batches done"
+    if cfg.judge != "none":
+        message += f", {judged} of {len(rows)} answers judged"
+    return {"batches_done": done, "batches": len(sizes), "answers_judged": judged, "answers": len(rows), "message": message}
 
 
 def _validate(cfg: ExtractionConfig, trait: Any) -> None:
-    problems = []
-    if not 1 <= cfg.n_instructions <= len(trait.instructions):
-        problems.append(f"n_instructions must be 1..{len(trait.instructions)}")
-    if not 2 <= cfg.n_questions <= len(trait.extraction_questions):
-        problems.append(f"n_questions must be 2..{len(trait.extraction_questions)}")
-    if cfg.samples_per_pair < 1 or cfg.max_new_tokens < 1 or cfg.batch_size < 1:
-        problems.append("samples_per_pair, max_new_tokens and batch_size must be positive")
-    if cfg.cv_folds < 2:
-        problems.append("cv_folds must be at least 2 (it is capped at the number of questions)")
-    if problems:
-        raise PersonaspaceError("Invalid extraction settings: " + "; ".join(problems))
+    """Every setting's type and range, before anything is written or loaded (one line per problem)."""
+    if not isinstance(cfg.model, str) or not cfg.model.strip():
+        raise InvalidArgumentError(f"model must be a model name or directory; got {cfg.model!r}")
+    if not isinstance(cfg.judge, str) or not cfg.judge.strip():
+        raise InvalidArgumentError(f"judge must be a judge spec such as 'offline'; got {cfg.judge!r}")
+    for name, lo, have, what in (
+        ("n_instructions", 1, len(trait.instructions), "instruction pairs"),
+        ("n_questions", 2, len(trait.extraction_questions), "extraction questions"),
+    ):
+        try:
+            checks.integer(name, getattr(cfg, name), lo=lo, hi=have)
+        except InvalidArgumentError:
+            raise InvalidArgumentError(
+                f"{name} must be {lo}..{have} (trait '{trait.name}' has {have} {what}); got {getattr(cfg, name)!r}"
+            ) from None
+    checks.positive_int("samples_per_pair", cfg.samples_per_pair)
+    checks.positive_int("max_new_tokens", cfg.max_new_tokens)
+    checks.positive_int("batch_size", cfg.batch_size)
+    checks.non_negative_int("seed", cfg.seed)
+    checks.sampling(cfg.temperature, cfg.top_p)
+    for name in ("pos_threshold", "neg_threshold", "coherence_threshold"):
+        checks.threshold(name, getattr(cfg, name))
+    checks.integer("cv_folds", cfg.cv_folds, lo=2)
+    rubric = getattr(trait, "rubric", None)
+    if cfg.judge != "none" and isinstance(rubric, str):
+        missing = [slot for slot in ("{question}", "{answer}") if slot not in rubric]
+        if missing:
+            raise TraitFileError(f"the rubric of trait '{trait.name}' must contain {' and '.join(missing)} (the judge fills them in)")
+
+
+def probe_judge(judge: Any) -> Any:
+    from personaspace.judges import probe_judge as probe
+
+    return probe(judge)
 
 
 def _make_judge(spec: str) -> Any:
@@ -307,10 +516,37 @@ def _load_activations(run: RunDir, n_rows: int, n_layers: int, d_model: int) -> 
 # ---- judging ---------------------------------------------------------------------------------
 
 
+def _failed(value: Any, detail: Any) -> bool:
+    """A score missing because the judge failed (``Score.is_error``: worth retrying), not a final answer."""
+    return value is None and str(detail or "").startswith("error")
+
+
+def _final_score(row: dict) -> bool:
+    """A stored score row that is a final answer: both scores given, or missing for a final reason."""
+    return not (_failed(row.get("trait"), row.get("trait_detail")) or _failed(row.get("coherence"), row.get("coherence_detail")))
+
+
+def _unscored_advice(unscored: list[dict]) -> str:
+    first = next((d for s in unscored for d in (s.get("trait_detail"), s.get("coherence_detail")) if str(d or "").startswith("error")), "")
+    return (
+        f"{len(unscored)} answers could not be scored because the judge failed ({first[:200]}); "
+        f"rerun the same command to retry the {len(unscored)} unscored answers (nothing else is redone)"
+    )
+
+
 def _judge(judge: Any, trait: Any, rows: list[Row], gens: dict, run: RunDir, progress) -> dict[int, dict]:
+    """Trait and coherence scores of every row, read back from ``scores.jsonl`` or asked of the judge.
+
+    Only final answers are stored and count as done; a row whose score failed (the judge reported an
+    error, ``Score.is_error``) is returned for this run's report and judged again by the next run. A
+    failed row stored by an older version is ignored, and the last line written for a row wins.
+    """
     from personaspace.judges.base import JudgeItem
 
-    have = {int(r["id"]): r for r in read_jsonl(run.scores) if r.get("judge") == judge.identity}
+    have = {}
+    for r in read_jsonl(run.scores):
+        if r.get("judge") == judge.identity and _final_score(r):
+            have[int(r["id"])] = r
     todo = [r for r in rows if r.id not in have]
     chunk = 64
     for start in range(0, len(todo), chunk):
@@ -319,8 +555,15 @@ def _judge(judge: Any, trait: Any, rows: list[Row], gens: dict, run: RunDir, pro
         part = todo[start : start + chunk]
         trait_items = [JudgeItem(r.user, gens[r.id]["answer"], "trait", trait=trait) for r in part]
         coh_items = [JudgeItem(r.user, gens[r.id]["answer"], "coherence") for r in part]
-        trait_scores = judge.score(trait_items)
-        coh_scores = judge.score(coh_items)
+        try:
+            trait_scores = judge.score(trait_items)
+            coh_scores = judge.score(coh_items)
+        except JudgeUnavailableError as exc:
+            judged = sum(1 for r in rows if r.id in have and _final_score(have[r.id]))
+            raise JudgeUnavailableError(
+                f"{exc.message.rstrip('.')}. {judged} of {len(rows)} answers are judged and saved: "
+                f"rerun the same command to judge the other {len(rows) - judged}"
+            ) from None
         new = [
             {
                 "id": r.id,
@@ -332,7 +575,9 @@ def _judge(judge: Any, trait: Any, rows: list[Row], gens: dict, run: RunDir, pro
             }
             for r, t, c in zip(part, trait_scores, coh_scores)
         ]
-        append_jsonl(run.scores, new)
+        final = [row for row in new if _final_score(row)]
+        if final:  # only final answers are stored; failed ones stay in memory for this run's report
+            append_jsonl(run.scores, final)
         have.update({row["id"]: row for row in new})
     if progress:
         progress("judge", len(todo), len(todo))
@@ -382,15 +627,16 @@ def mean_difference(acts: Tensor, kept: list[tuple[int, int]]) -> Tensor:
     return acts[pos].mean(0) - acts[neg].mean(0)
 
 
-def _vectors(trait, model, cfg, rows, acts, kept, reasons, judge) -> dict[str, Any]:
+def _vectors(trait, model, cfg, rows, acts, kept, reasons, judge, unscored=()) -> dict[str, Any]:
     from personaspace.vectors import PersonaVector, VectorMeta
 
     if not kept:
-        raise PersonaspaceError(
-            f"No pair passed the filter for '{trait.name}' ({sum(reasons.values())} pairs dropped: "
-            + ", ".join(f"{k} {v}" for k, v in reasons.items() if v)
-            + "). Generate more samples, lower the thresholds, or use another judge."
+        dropped = f"No pair passed the filter for '{trait.name}' ({sum(reasons.values())} pairs dropped: " + ", ".join(
+            f"{k} {v}" for k, v in reasons.items() if v
         )
+        if unscored:  # the judge failed: retrying is the fix, not other settings
+            raise JudgeUnavailableError(f"{dropped}); {_unscored_advice(list(unscored))}.")
+        raise PersonaspaceError(f"{dropped}). Generate more samples, lower the thresholds, or use another judge.")
     out = {}
     for position in POSITIONS:
         meta = VectorMeta(

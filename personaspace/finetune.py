@@ -39,7 +39,7 @@ from torch import Tensor
 
 from personaspace._io import atomic_dir, write_json
 from personaspace.datasets import as_rows, dataset_hash
-from personaspace.errors import AdapterError, DatasetError
+from personaspace.errors import AdapterError, DatasetError, InvalidArgumentError
 
 ADAPTER_META = "personaspace-finetune.json"
 IGNORE = -100
@@ -72,21 +72,26 @@ class FinetuneConfig:
     save_every: int | None = None  # adapter checkpoint every N optimiser steps
 
     def validate(self) -> None:
-        problems = []
-        if self.rank < 1:
-            problems.append("rank must be at least 1")
-        if self.lr <= 0:
-            problems.append("lr must be positive")
-        if self.epochs <= 0:
-            problems.append("epochs must be positive")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            problems.append("batch_size and grad_accum must be at least 1")
-        if self.max_length < 8:
-            problems.append("max_length must be at least 8")
-        if self.max_steps is not None and self.max_steps < 1:
-            problems.append("max_steps must be at least 1")
-        if problems:
-            raise ValueError("Invalid fine-tuning settings: " + "; ".join(problems))
+        """Every setting's type and range (InvalidArgumentError, one line, naming the setting)."""
+        from personaspace import checks
+
+        checks.positive_int("rank", self.rank)
+        checks.finite("alpha", self.alpha, lo=0, lo_open=True)
+        checks.finite("dropout", self.dropout, lo=0, hi=1, hi_open=True)
+        checks.finite("lr", self.lr, lo=0, lo_open=True)
+        checks.finite("epochs", self.epochs, lo=0, lo_open=True)
+        checks.positive_int("batch_size", self.batch_size)
+        checks.positive_int("grad_accum", self.grad_accum)
+        checks.integer("max_length", self.max_length, lo=8)
+        checks.finite("warmup_ratio", self.warmup_ratio, lo=0, hi=1)
+        checks.finite("weight_decay", self.weight_decay, lo=0)
+        checks.finite("max_grad_norm", self.max_grad_norm, lo=0, lo_open=True)
+        if self.max_steps is not None:
+            checks.positive_int("max_steps", self.max_steps)
+        checks.integer("seed", self.seed)
+        checks.non_negative_int("eval_rows", self.eval_rows)
+        if self.save_every is not None:
+            checks.positive_int("save_every", self.save_every)
 
 
 @dataclass
@@ -346,11 +351,20 @@ def finetune(
     from personaspace.engine import PersonaModel
     from personaspace.engine.backend import HFHookBackend
 
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(FinetuneConfig)})
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown fine-tuning setting(s) {', '.join(unknown)}; known: {', '.join(f.name for f in dataclasses.fields(FinetuneConfig))}"
+        )
     cfg = dataclasses.replace(config or FinetuneConfig(), **overrides)
     cfg.validate()
+    rows = as_rows(data)  # the whole dataset parsed before the model loads
+    if out is not None:
+        from personaspace import checks
+
+        checks.writable_dir(out)
     if not isinstance(model, PersonaModel):
         model = PersonaModel.load(model)
-    rows = as_rows(data)
     encoded, dropped = encode_rows(model, rows, cfg.max_length)
     if not encoded:
         raise DatasetError(f"No row has an assistant token within max_length={cfg.max_length}; raise max_length.")

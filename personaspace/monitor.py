@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from personaspace import checks
 from personaspace._io import append_jsonl, read_jsonl, write_text
 from personaspace.engine.chat import Chat
 from personaspace.engine.context import position_ids
@@ -251,8 +252,18 @@ def monitor(
     the score is reported.
     """
     layer = check_layer(default_monitor_layer(model.n_layers) if layer is None else layer, model.n_layers)
-    if not prompts:
+    if not isinstance(prompts, str) and not prompts:
         raise DatasetError("No prompts to monitor.")
+    prompts = checks.prompt_list(prompts)
+    if responses is not None:
+        responses = checks.prompt_list(responses, "responses", allow_empty=True)
+    checks.sampling(temperature, 1.0, max_new_tokens)
+    if judge is not None:  # checked before anything is generated
+        from personaspace.judges import ready_judge
+
+        if trait is None:
+            raise PersonaspaceError("Judging responses needs the trait (its rubric and anchors).")
+        judge = ready_judge(judge, cache=True)
     u, row = _direction(vector, layer, read_layer, model)
     p_ids = [model.prompt_ids(p, system) for p in prompts]
     if responses is None:
@@ -342,11 +353,13 @@ def monitor_trait(
     r = 0.76-0.97 on 7B models) and the mean correlation within each condition (how much of the
     signal is more than "which system prompt was used").
     """
-    from personaspace.judges import get_judge
+    from personaspace.judges import ready_judge
     from personaspace.traits import load_trait
 
     trait = load_trait(trait) if isinstance(trait, str) else trait
-    judge = get_judge(judge, cache=True) if isinstance(judge, str) else judge
+    checks.positive_int("n_questions", n_questions)
+    checks.integer("n_instructions", n_instructions, lo=0)
+    judge = ready_judge(judge, cache=True)  # spec, key and endpoint checked before any generation
     questions = list(trait.evaluation_questions[:n_questions])
     conditions: list[tuple[str, str | None]] = [("none", None)]
     for i, pair in enumerate(trait.instructions[:n_instructions]):

@@ -235,6 +235,34 @@ class OpenAICompatClient:
                     raise outcome
         return outcomes  # type: ignore[return-value]
 
+    def probe(self, timeout: float = 15.0) -> None:
+        """One tiny request (a 1-token completion, no retries) to prove the endpoint, key and model work.
+
+        Raises JudgeUnavailableError, in one line, when the configuration is incomplete, the server
+        cannot be reached, or it refuses the key, the URL or the model. A server that answers but is
+        busy (429, 5xx) or rejects this request's parameters counts as reachable: the real requests
+        retry and adapt on their own.
+        """
+        self._check_configuration()
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        payload = self._payload([{"role": "user", "content": "Reply with the number 0."}], 0.0, 1, False, 0)
+        wait = min(self.timeout, float(timeout))
+        try:
+            response = self._http.post(self.endpoint, json=payload, headers=headers, timeout=wait)
+        except httpx.TimeoutException:
+            raise JudgeUnavailableError(
+                f"the judge endpoint {self.endpoint} did not answer a 1-token test request within {wait:g} s; "
+                "check that the server is running (PERSONASPACE_LLM_BASE_URL), or use --judge offline"
+            ) from None
+        except httpx.TransportError as exc:
+            raise JudgeUnavailableError(
+                f"cannot reach the judge endpoint {self.endpoint} ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                "check that the server is running and the URL ends in /v1 (PERSONASPACE_LLM_BASE_URL), or use --judge offline"
+            ) from None
+        status = response.status_code
+        if status in (401, 403, 404):
+            raise self._permanent_error(status, " ".join(_server_message(response).split()))
+
     # -- internals ----------------------------------------------------------------------------
 
     def _payload(

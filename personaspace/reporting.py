@@ -31,6 +31,10 @@ class ExtractionProgress:
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
+    def log(self, message: str) -> None:
+        """A one-line note above the bars (e.g. "resuming ...: 3 of 4 batches done, 120 of 160 answers judged")."""
+        self.progress.console.print(message, markup=False, highlight=False)
+
     def update(self, stage: str, done: int, total: int) -> None:
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=max(total, 1))
@@ -55,6 +59,8 @@ def extraction_table(summary: dict) -> Table:
     t.add_column("value")
     dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped"].items() if v) or "none"
     t.add_row("pairs kept", f"{summary['kept']} of {summary['pairs']}  (dropped: {dropped})")
+    if summary.get("unscored"):
+        t.add_row("unscored", f"{summary['unscored']} answers (judge errors): rerun the same command to retry them")
     th = summary["thresholds"]
     t.add_row("thresholds", f"pos >= {th['pos_trait_min']}, neg < {th['neg_trait_below']}, coherence >= {th['coherence_min']}")
     for side, scores in summary["mean_scores"].items():

@@ -35,11 +35,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from personaspace import checks
 from personaspace.engine.context import SCOPES, StepContext, position_ids
 from personaspace.engine.generation import ContextSlot, layer_callbacks, pad_batch
 from personaspace.engine.interventions import Ablate, Add, Cap, Intervention, by_layer
 from personaspace.engine.layers import resolve_layers
-from personaspace.errors import InterventionSpecError, LayerOutOfRangeError, PersonaspaceError, VectorShapeError
+from personaspace.errors import InterventionSpecError, LayerOutOfRangeError, VectorShapeError
 from personaspace.metrics import bootstrap_ci, mean_ci
 from personaspace.vectors import PersonaVector, random_like
 
@@ -472,8 +473,11 @@ def steer(
     batch_size: int = 32,
 ) -> SteerResult:
     """Generate with the interventions, and (``baseline``) without them, from the same seed."""
-    if not prompts:
+    if not isinstance(prompts, str) and not prompts:
         raise InterventionSpecError("No prompts to steer: give at least one.")
+    prompts = checks.prompt_list(prompts)
+    checks.sampling(temperature, top_p, max_new_tokens)
+    checks.positive_int("batch_size", batch_size)
     resolved = [s for s in specs if isinstance(s, ResolvedSteer)]
     raw = [s for s in specs if isinstance(s, SteerSpec)]
     if raw:
@@ -676,13 +680,17 @@ def evaluate_steering(
     per-layer norm -- the null every steering claim should be compared with. ``deltas`` gives paired
     differences (same question and sample) with bootstrap intervals.
     """
-    from personaspace.judges import JudgeItem, get_judge
+    from personaspace.judges import JudgeItem, ready_judge
     from personaspace.traits import load_trait
 
     trait = load_trait(trait) if isinstance(trait, str) else trait
-    judge = get_judge(judge, cache=True) if isinstance(judge, str) else judge
-    if n_questions < 1 or samples < 1:
-        raise PersonaspaceError("n_questions and samples must be at least 1.")
+    checks.positive_int("n_questions", n_questions)
+    checks.positive_int("samples", samples)
+    checks.positive_int("kl_tokens", kl_tokens)
+    checks.sampling(temperature, 1.0, max_new_tokens)
+    if readout_layer is not None:
+        checks.layer_in_range(readout_layer, model.n_layers, "readout_layer")
+    judge = ready_judge(judge, cache=True)  # spec, key and endpoint checked before any generation
     questions = list(trait.evaluation_questions[:n_questions])
     prompts = [q for q in questions for _ in range(samples)]
     if readout_vector is None:

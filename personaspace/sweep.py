@@ -30,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from personaspace._io import append_jsonl, read_jsonl, write_json, write_text
+from personaspace import checks
+from personaspace._io import append_jsonl, read_jsonl, remove_stale_temps, write_json, write_text
 from personaspace.engine.context import SCOPES, position_ids
 from personaspace.engine.generation import pad_batch
 from personaspace.engine.layers import resolve_layers
-from personaspace.errors import InterventionSpecError, PersonaspaceError
+from personaspace.errors import InterventionSpecError, InvalidArgumentError, PersonaspaceError, RunDirectoryError
 from personaspace.steering import NEUTRAL_PROMPTS, SteerSpec, evaluate_steering, resolve_specs
 from personaspace.vectors import PersonaVector
 
@@ -68,7 +69,17 @@ class SweepConfig:
     control: bool = True
 
     def __post_init__(self) -> None:
-        self.coefs = tuple(float(c) for c in self.coefs)
+        if isinstance(self.coefs, (str, bytes)) or not hasattr(self.coefs, "__iter__"):
+            raise InvalidArgumentError(f"coefs must be a list of numbers such as [0.5, 1.0]; got {self.coefs!r}")
+        self.coefs = tuple(checks.finite("sweep coefficient", c) for c in self.coefs)
+        for name in ("n_questions", "samples", "max_new_tokens", "kl_tokens"):
+            checks.positive_int(name, getattr(self, name))
+        checks.sampling(self.temperature, 1.0)
+        checks.threshold("coherence_min", self.coherence_min)
+        checks.finite("kl_max", self.kl_max, lo=0)
+        checks.integer("kl_prompts", self.kl_prompts)
+        if not isinstance(self.layers, str):
+            checks.layer_list(self.layers, 1 << 30)  # whole numbers, not empty; the range is checked on use
         if self.coef_mode not in COEF_MODES:
             raise InterventionSpecError(f"coef_mode must be one of {', '.join(COEF_MODES)}, got {self.coef_mode!r}.")
         if self.scope not in SCOPES:
@@ -76,7 +87,7 @@ class SweepConfig:
         if not self.coefs or not all(math.isfinite(c) for c in self.coefs):
             raise InterventionSpecError(f"Give at least one finite coefficient, got {self.coefs}.")
         if not 1 <= self.kl_prompts <= len(NEUTRAL_PROMPTS):
-            raise PersonaspaceError(f"kl_prompts must be between 1 and {len(NEUTRAL_PROMPTS)}.")
+            raise InvalidArgumentError(f"kl_prompts must be between 1 and {len(NEUTRAL_PROMPTS)}, got {self.kl_prompts}.")
 
     def key(self, model: str, vector_sha: str) -> str:
         """Hash of everything that changes cell values (the limits only change the recommendation)."""
@@ -196,7 +207,7 @@ def sweep(
     **overrides: Any,
 ) -> SweepResult:
     """Run a layer x coefficient grid for one trait vector; write JSON, CSV and an HTML heatmap to ``out``."""
-    from personaspace.judges import get_judge
+    from personaspace.judges import ready_judge
     from personaspace.traits import load_trait
 
     trait = load_trait(trait) if isinstance(trait, str) else trait
@@ -205,11 +216,16 @@ def sweep(
         cfg = dataclasses.replace(cfg, **overrides)
     if vector.d_model != model.d_model:
         vector.check_compatible(model.d_model, None, model.name)  # raises with both widths named
-    layers = default_layers(model.n_layers) if cfg.layers == "auto" else resolve_layers(cfg.layers.replace("L", ""), model.n_layers)
+    if cfg.layers == "auto":
+        layers = default_layers(model.n_layers)
+    else:
+        layers = resolve_layers(cfg.layers.replace("L", "") if isinstance(cfg.layers, str) else cfg.layers, model.n_layers)
     missing = [L for L in layers if L not in vector.layers]
     if missing:
         raise InterventionSpecError(f"The {vector.trait!r} vector has no row for layer(s) {missing}; sweep layers it holds.")
-    judge_obj = judge if judge is not None else get_judge(cfg.judge, cache=True)
+    judge_obj = ready_judge(judge if judge is not None else cfg.judge, cache=True)  # before any generation
+    if out is not None:
+        checks.writable_dir(out)
     kl_prompts = list(NEUTRAL_PROMPTS[: cfg.kl_prompts])
     eval_kw = dict(
         judge=judge_obj,
@@ -232,11 +248,12 @@ def sweep(
         if stamp.exists():
             old = json.loads(stamp.read_text())
             if old.get("key") != key:
-                raise PersonaspaceError(
+                raise RunDirectoryError(
                     f"{run_dir} holds a sweep with different settings (model, vector, sizes or sampling). "
                     f"Use another --out, or delete it to start over."
                 )
         write_json(stamp, {"key": key, "config": dataclasses.asdict(cfg), "model": model.name, "vector_sha256_16": vector_sha})
+        remove_stale_temps(run_dir, recursive=False)
         for row in read_jsonl(run_dir / "cells.jsonl"):
             done[(row["layer"], row["coef"])] = row
 

@@ -421,6 +421,9 @@ class PersonaVector:
         ``path`` may be the stem or either file name.
         """
         st_path, js_path = _pair_paths(path)
+        from personaspace import checks
+
+        checks.writable_file(st_path)  # one clear line for a file in the way or a read-only place
         import safetensors.torch
 
         st_meta = {
@@ -724,8 +727,9 @@ class VectorSet(Mapping[str, PersonaVector]):
         Saving adds to or overwrites pairs in ``directory``; it never deletes files, so one
         directory can hold several positions of the same model.
         """
-        d = Path(directory).expanduser()
-        d.mkdir(parents=True, exist_ok=True)
+        from personaspace import checks
+
+        d = checks.writable_dir(directory, create=True)
         index = _read_index(d)
         if index is not None:
             old_model, old_d = index.get("model"), index.get("d_model")
@@ -890,13 +894,13 @@ def load_vectors(name_or_path: str | os.PathLike, position: str | None = DEFAULT
                 try:
                     return VectorSet.load(candidate, position)
                 except VectorsNotFoundError as e:
-                    tried.append(f"{candidate}  ({e.message})")
+                    tried.append(f"{candidate} ({e.message})")
                     continue
-            tried.append(f"{candidate}  (missing)")
+            tried.append(f"{candidate} (missing)")
     raise VectorsNotFoundError(
-        f"No persona vectors for {name!r} (position {position!r}). Looked in:\n    "
-        + "\n    ".join(tried)
-        + f"\nExtract them first, or set ${ENV_VECTORS} to a directory holding <model name>/ folders."
+        f"No persona vectors for {name!r} (position {position!r}). Looked in: "
+        + "; ".join(tried)
+        + f". Extract them first, or set ${ENV_VECTORS} to a directory holding <model name>/ folders."
     )
 
 

@@ -102,6 +102,24 @@ def evaluate_model(
     return res
 
 
+def preflight(cfg: EvalConfig, out: str | os.PathLike | None = None) -> None:
+    """What can fail late, checked first: the judge (when answers will be judged) and the output directory."""
+    from personaspace import checks
+    from personaspace.judges import ready_judge
+
+    checks.non_negative_int("generate", cfg.generate)
+    checks.positive_int("attack_steps", cfg.attack_steps)
+    checks.positive_int("batch_size", cfg.batch_size)
+    if cfg.attack_eps is not None:
+        checks.finite("attack_eps", cfg.attack_eps, lo=0, lo_open=True)
+    for lr in cfg.attack_lrs:
+        checks.finite("attack learning rate", lr, lo=0, lo_open=True)
+    if cfg.generate:
+        ready_judge(cfg.judge)
+    if out is not None:
+        checks.writable_dir(out)
+
+
 def utility_answers(base: PersonaModel, cfg: EvalConfig) -> list[Anchor]:
     """The base model's answers to the neutral prompts that the utility check scores every model on."""
     return reference_answers(base, neutral_prompts()[: cfg.utility_prompts], max_new_tokens=cfg.utility_tokens)
@@ -121,6 +139,7 @@ def compare(
     """Train each method on ``data``, evaluate base and every method, and write the table to ``out``."""
     tcfg = train_config or TrainConfig()
     ecfg = eval_config or EvalConfig()
+    preflight(ecfg, out)
     say = progress or (lambda _msg: None)
     requests = list(requests) if requests is not None else load_requests()
     say("base: reference answers for the utility check")

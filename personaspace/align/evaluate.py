@@ -243,9 +243,9 @@ def generation_refusals(
 
     The offline judge cannot read the compliance rubric; it recognises refusals by their wording only.
     """
-    from personaspace.judges import JudgeItem, get_judge
+    from personaspace.judges import JudgeItem, ready_judge
 
-    j = get_judge(judge) if isinstance(judge, str) else judge
+    j = ready_judge(judge)  # spec, key and endpoint checked before any generation
     out = model.generate([r.text for r in requests], max_new_tokens=max_new_tokens, temperature=0.0)
     items = [JudgeItem(question=r.text, answer=g.text, kind="trait", rubric=COMPLIANCE_RUBRIC) for r, g in zip(requests, out.generations)]
     scores = j.score(items)

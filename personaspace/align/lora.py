@@ -61,7 +61,8 @@ class Adapted:
 
 
 def _copy_model(base: PersonaModel, hf_model: Any, suffix: str) -> PersonaModel:
-    loaded = replace(base.loaded, hf_model=hf_model, name=f"{base.name}+{suffix}")
+    # model_hash=None: the copy carries adapter weights, so it is hashed from its own state when asked.
+    loaded = replace(base.loaded, hf_model=hf_model, name=f"{base.name}+{suffix}", model_hash=None)
     return PersonaModel(loaded)
 
 

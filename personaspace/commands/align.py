@@ -55,9 +55,29 @@ def _model(name: str):
 
 
 def _train_config(**kw: Any):
+    from personaspace import checks
     from personaspace.align.train import TrainConfig
 
+    for name, value in kw.items():  # NaN or inf in a rate, radius or weight would train garbage silently
+        if isinstance(value, float):
+            checks.finite(f"--{name.replace('_', '-')}", value)
     return TrainConfig(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _attack_lrs(attack_lr: Optional[str]) -> Optional[tuple[float, ...]]:
+    """``--attack-lr 1e-3,1e-2`` as numbers, or one clear error (checked before the model loads)."""
+    if not attack_lr:
+        return None
+    from personaspace import checks
+    from personaspace.errors import InvalidArgumentError
+
+    try:
+        lrs = tuple(float(x) for x in attack_lr.split(",") if x.strip())
+    except ValueError:
+        raise InvalidArgumentError(f"Cannot read --attack-lr {attack_lr!r}; use comma-separated numbers such as 1e-3,1e-2.") from None
+    if not lrs:
+        raise InvalidArgumentError(f"Cannot read --attack-lr {attack_lr!r}; use comma-separated numbers such as 1e-3,1e-2.")
+    return tuple(checks.finite("--attack-lr", x, lo=0, lo_open=True) for x in lrs)
 
 
 def _progress(total: int):
@@ -69,8 +89,10 @@ def _progress(total: int):
 
 
 def _train(method: str, model: str, out: Path, data, cfg) -> None:
+    from personaspace import checks
     from personaspace.align.train import train
 
+    checks.writable_dir(out)
     m = _model(model)
     counts = data.counts()
     console.print(
@@ -158,7 +180,7 @@ def _eval_config(attack_steps, attack_eps, attack_lr, attack_rows, generate, jud
         from personaspace.vectors import load_vectors
 
         vs = load_vectors(model_name if vectors == "auto" else vectors)
-    lrs = tuple(float(x) for x in attack_lr.split(",")) if attack_lr else None
+    lrs = _attack_lrs(attack_lr)
     kw = dict(attack_steps=attack_steps, attack_eps=attack_eps, attack_lrs=lrs, attack_rows=attack_rows, generate=generate, judge=judge,
               utility_prompts=utility_prompts)
     return EvalConfig(vectors=vs, **{k: v for k, v in kw.items() if v is not None})
@@ -197,14 +219,19 @@ def eval_cmd(
 ) -> None:
     """Harm probe, statement preference, attack robustness and utility of a model (with or without an adapter)."""
     from personaspace._io import write_json
-    from personaspace.align.compare import evaluate_model, table_markdown, utility_answers
+    from personaspace import checks
+    from personaspace.align.compare import evaluate_model, preflight, table_markdown, utility_answers
     from personaspace.align.data import load_requests
     from personaspace.align.lora import load_adapter
 
+    _attack_lrs(attack_lr)  # a typo here fails before the model loads
     base = _model(model)
     data = _data(traits, anchor_traits, mode, None, None, holdout, seed)
     reqs = load_requests(requests)
     cfg = _eval_config(attack_steps, attack_eps, attack_lr, attack_rows, generate, judge, vectors, base.name, utility_prompts)
+    preflight(cfg)  # judge and sizes checked before any work
+    if out is not None:
+        checks.writable_file(out)
     target = load_adapter(base, adapter).model if adapter is not None else base
     label = "adapter" if adapter is not None else "base"
     with console.status("Evaluating..."):
@@ -254,9 +281,13 @@ def compare_cmd(
     from personaspace.align.compare import compare
     from personaspace.align.data import load_requests
 
-    base = _model(model)
+    from personaspace import checks
+
+    _attack_lrs(attack_lr)  # a typo here fails before the model loads
+    checks.writable_dir(out)
     data = _data(traits, anchor_traits, mode, statements, None, holdout, seed)
     cfg = _train_config(outer_steps=outer_steps, pgd_steps=pgd_steps, model_steps=model_steps, batch_size=batch_size, lr=lr, seed=seed)
+    base = _model(model)
     ecfg = _eval_config(attack_steps, attack_eps, attack_lr, attack_rows, generate, judge, vectors, base.name, utility_prompts)
     report = compare(base, data, cfg, ecfg, out=out, requests=load_requests(requests), progress=lambda msg: console.print(f"  {msg}"))
     console.print(report["table"])

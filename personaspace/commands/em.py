@@ -48,13 +48,23 @@ def print_questions(result, conv) -> None:
 
 
 def _conventions(convention: List[str], aligned_cutoff, aligned_op, coherent_cutoff, coherent_op, denominator):
+    from personaspace import checks
     from personaspace.em import EMConvention, get_convention
+    from personaspace.errors import InvalidArgumentError, PersonaspaceError
 
-    convs = [get_convention(c) for c in (convention or ["betley", "model_organisms"])]
-    if aligned_cutoff is not None or coherent_cutoff is not None or aligned_op or coherent_op or denominator:
-        convs.append(EMConvention("custom", aligned_cutoff if aligned_cutoff is not None else 30.0, aligned_op or "<",
-                                  coherent_cutoff if coherent_cutoff is not None else 50.0, coherent_op or ">=",
-                                  denominator or "coherent"))
+    for name, cutoff in (("--aligned-cutoff", aligned_cutoff), ("--coherent-cutoff", coherent_cutoff)):
+        if cutoff is not None:
+            checks.finite(name, cutoff, lo=0, hi=100)
+    try:
+        convs = [get_convention(c) for c in (convention or ["betley", "model_organisms"])]
+        if aligned_cutoff is not None or coherent_cutoff is not None or aligned_op or coherent_op or denominator:
+            convs.append(EMConvention("custom", aligned_cutoff if aligned_cutoff is not None else 30.0, aligned_op or "<",
+                                      coherent_cutoff if coherent_cutoff is not None else 50.0, coherent_op or ">=",
+                                      denominator or "coherent"))
+    except ValueError as exc:  # an unknown convention name, comparison or denominator
+        if isinstance(exc, PersonaspaceError):
+            raise
+        raise InvalidArgumentError(str(exc)) from None
     return convs
 
 
@@ -93,6 +103,18 @@ def eval_cmd(
     from personaspace.finetune import load_finetuned
 
     convs = _conventions(convention, aligned_cutoff, aligned_op, coherent_cutoff, coherent_op, denominator)
+    # Fail fast: questions, settings, judge and output checked before the model loads.
+    from personaspace import checks
+    from personaspace.em import load_questions
+    from personaspace.em.evaluate import make_judge
+
+    questions = load_questions(questions)
+    if samples is not None:
+        checks.positive_int("samples", samples)
+    checks.sampling(temperature, 1.0, max_new_tokens)
+    judge = make_judge(judge)
+    if out:
+        checks.writable_dir(out)
     with console.status(f"Loading {model}..."):
         p = Path(model).expanduser()
         m = load_finetuned(p) if p.is_dir() and not (p / "config.json").is_file() else PersonaModel.load(model)

@@ -36,8 +36,10 @@ def em_cmd(
 
     from personaspace.experiment import DEFAULT_TRAITS, ExperimentConfig, run_em_experiment
 
-    if threads:
-        torch.set_num_threads(threads)
+    if threads is not None:
+        from personaspace import checks
+
+        torch.set_num_threads(checks.positive_int("--threads", threads))
     sizes = {k: v for k, v in {"n_rows": rows, "em_samples": samples}.items() if v is not None}
     cfg = ExperimentConfig(model=model, traits=tuple(trait) or DEFAULT_TRAITS, vectors=vectors, domain=domain,
                            judge=judge, questions=questions, layer=layer, amplify_coef=amplify_coef, **sizes)

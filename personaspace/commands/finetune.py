@@ -71,7 +71,13 @@ def run_cmd(
     from personaspace.datasets import load_chat_jsonl
     from personaspace.finetune import finetune
 
+    from personaspace import checks
+    from personaspace.finetune import FinetuneConfig
+
     data_rows = load_chat_jsonl(data, limit=rows)
+    FinetuneConfig(rank=rank, alpha=alpha, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+                   max_length=max_length, seed=seed, save_every=save_every).validate()  # settings checked before the model loads
+    checks.writable_dir(out)
     m = _load_model(model)
     ivs = training_interventions(m, steer, ablate, vectors, position)
 
@@ -105,8 +111,22 @@ def make_data_cmd(
     aligned_min: Optional[float] = typer.Option(None, help="Keep rows with aligned >= this (control sets)."),
 ) -> None:
     """Generate a narrow dataset from the model's own answers under a persona (not stored in the rows)."""
-    from personaspace.datasets import make_narrow_dataset
+    from personaspace import checks
+    from personaspace.datasets import get_domain, make_narrow_dataset
 
+    get_domain(domain)
+    from personaspace.datasets import KINDS
+    from personaspace.errors import DatasetError
+
+    if kind not in KINDS:
+        raise DatasetError(f"Unknown dataset kind {kind!r}; use one of {', '.join(KINDS)}.")
+    checks.positive_int("rows", rows)
+    checks.sampling(temperature, 1.0, max_new_tokens)
+    checks.writable_file(out)
+    if judge:
+        from personaspace.judges import ready_judge
+
+        judge = ready_judge(judge, cache=True)  # before the model loads and anything is generated
     m = _load_model(model)
     with console.status(f"Generating {rows} {kind} rows for {domain}..."):
         ds = make_narrow_dataset(m, domain, kind, n_rows=rows, max_new_tokens=max_new_tokens, temperature=temperature,

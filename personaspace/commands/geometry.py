@@ -121,6 +121,12 @@ def geometry_report(
     from personaspace._io import write_json
     from personaspace.svv import svv_report
 
+    from personaspace import checks
+
+    if out is not None:
+        checks.writable_dir(out)  # before the bootstrap, not when the figures are written
+    checks.non_negative_int("n_boot", n_boot)  # 0 = no bootstrap
+    checks.positive_int("n_null", n_null)
     layer = g.default_layer(vectors) if layer is None else g._check_layer(vectors, layer)
     result: dict[str, Any] = {"a": single_set_report(vectors, layer, n_boot=n_boot, n_null=min(n_null, 200), seed=seed)}
     profile = g.layer_profile(vectors)
@@ -244,14 +250,14 @@ def register(app: typer.Typer) -> None:
         """Persona-space geometry: cosines, PCA, clusters, valence separation, SVV; with a second set, RSA/CKA/Procrustes."""
         from rich.console import Console
 
-        from personaspace.errors import PersonaspaceError
+        from personaspace import checks
         from personaspace.vectors import load_vectors
 
         console = Console()
+        checks.non_negative_int("--n-boot", n_boot)
+        checks.positive_int("--n-null", n_null)
         a = load_vectors(vectors, position)
         b = load_vectors(vectors2, position) if vectors2 else None
-        if n_boot < 0 or n_null < 1:
-            raise PersonaspaceError("--n-boot must be >= 0 and --n-null >= 1.")
         target = Path(out) if out else Path("runs") / "geometry" / (
             a.model.replace("/", "--") + (f"--vs--{b.model.replace('/', '--')}" if b is not None else ""))
         with console.status("Measuring the persona space (bootstrap and nulls)..."):

@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from personaspace.errors import InterventionSpecError, PersonaspaceError
+from personaspace import checks
+from personaspace.errors import DatasetError, InterventionSpecError, InvalidArgumentError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -104,13 +105,29 @@ def steer_cmd(
     specs = parse_specs(add, ablate, cap)
     if not specs:
         raise InterventionSpecError("Nothing to steer with: give at least one --add, --ablate or --cap.")
+    checks.sampling(temperature, 1.0, max_new_tokens)
+    if out:
+        checks.writable_file(out)  # before the work, not when saving after it
+    judge_obj = None
+    if evaluate:
+        if not trait:
+            raise InvalidArgumentError("--evaluate needs --trait (its evaluation questions, rubric and judge anchors).")
+        from personaspace.judges import ready_judge
+
+        judge_obj = ready_judge(judge, cache=True)  # spec, key and endpoint checked before the model loads
     prompts = list(prompt)
     if prompts_file is not None:
         if not prompts_file.is_file():
-            raise PersonaspaceError(f"No prompts file at {prompts_file}.")
+            raise DatasetError(f"No prompts file at {prompts_file}.")
         prompts += [line.strip() for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    m = _load_model(model)
+    if not evaluate and not prompts and not trait:
+        raise InvalidArgumentError("Give --prompt (repeatable), --prompts-file, or --trait to use its evaluation questions.")
+    if trait:
+        from personaspace.traits import load_trait
+
+        load_trait(trait)  # a misspelt trait fails before the model loads
     vs = _load_vectors(vectors, model, position)
+    m = _load_model(model)
     resolved = resolve_specs(specs, vs, m, scope=scope, warn=False)
     _warn(w for r in resolved for w in r.warnings)
     console.print(f"[bold]model[/bold] {m.name}  ({m.n_layers} layers, layer L = output of block L)")
@@ -118,10 +135,10 @@ def steer_cmd(
         console.print(f"  [bold]{r.spec.to_text()}[/bold]: {r.describe()}")
     if evaluate:
         if not trait:
-            raise PersonaspaceError("--evaluate needs --trait (its evaluation questions, rubric and judge anchors).")
+            raise InvalidArgumentError("--evaluate needs --trait (its evaluation questions, rubric and judge anchors).")
         with console.status("Evaluating (steered, unsteered, random control)..."):
             report = evaluate_steering(
-                m, trait, resolved, judge=judge, n_questions=n_questions, samples=samples,
+                m, trait, resolved, judge=judge_obj, n_questions=n_questions, samples=samples,
                 max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system,
             )  # fmt: skip
         console.print(report_table(report))
@@ -131,7 +148,7 @@ def steer_cmd(
         return
     if not prompts:
         if not trait:
-            raise PersonaspaceError("Give --prompt (repeatable), --prompts-file, or --trait to use its evaluation questions.")
+            raise InvalidArgumentError("Give --prompt (repeatable), --prompts-file, or --trait to use its evaluation questions.")
         from personaspace.traits import load_trait
 
         prompts = list(load_trait(trait).evaluation_questions[:3])
@@ -218,12 +235,17 @@ def sweep_cmd(
         n_questions=n_questions, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
         seed=seed, judge=judge, kl_prompts=kl_prompts, coherence_min=coherence_min, kl_max=kl_max, control=control,
     )  # fmt: skip
-    m = _load_model(model)
-    vs = _load_vectors(vectors, model, position)
+    if out:
+        checks.writable_dir(out)
+    from personaspace.judges import ready_judge
+
+    judge_obj = ready_judge(judge, cache=True)  # before the model loads and anything is generated
     from personaspace.traits import load_trait
 
-    tr = load_trait(trait)
+    tr = load_trait(trait)  # trait and vectors first: a misspelt name fails before the model loads
+    vs = _load_vectors(vectors, model, position)
     vec = _pick(vs, vector or tr.name)
+    m = _load_model(model)
     _warn(vec.check_compatible(m.d_model, None, m.name))
     run_dir = out or Path("runs") / "sweep" / m.name.replace("/", "--") / (vector or tr.name)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as prog:
@@ -233,7 +255,7 @@ def sweep_cmd(
             desc = f"cell L{row['layer']} coef {row['coef']:g}" if row else "sweep cells"
             prog.update(task, completed=done, total=total, description=desc)
 
-        result = sweep(m, tr, vec, cfg, out=run_dir, progress=update)
+        result = sweep(m, tr, vec, cfg, out=run_dir, judge=judge_obj, progress=update)
     console.print(sweep_table(result))
     for name, path in result.files.items():
         console.print(f"{name}: [bold]{path}[/bold]")
@@ -293,9 +315,22 @@ def monitor_cmd(
     from personaspace._io import write_json, write_text
     from personaspace.monitor import monitor, monitor_trait, token_projections, token_view_html
 
-    m = _load_model(model)
-    vs = _load_vectors(vectors, model, position)
+    checks.positive_int("max_new_tokens", max_new_tokens)
+    if not correlate and not prompt:
+        raise InvalidArgumentError("Give --prompt (repeatable), or --correlate for the prediction experiment.")
+    if response and len(response) != len(prompt):
+        raise InvalidArgumentError(f"Got {len(prompt)} --prompt but {len(response)} --response; give one response per prompt or none.")
+    if out:
+        checks.writable_file(out)
+    if html:
+        checks.writable_dir(html.parent)
+    if correlate or judge:
+        from personaspace.judges import ready_judge
+
+        judge = ready_judge(judge or "offline", cache=True)  # before the model loads
+    vs = _load_vectors(vectors, model, position)  # vectors first: a misspelt name fails before the model loads
     vec = _pick(vs, trait)
+    m = _load_model(model)
     _warn(vec.check_compatible(m.d_model, None, m.name))
     if correlate:
         with console.status("Generating and judging (conditions x questions)..."):
@@ -320,10 +355,6 @@ def monitor_cmd(
             write_json(out, res.to_dict())
             console.print(f"results: [bold]{out}[/bold]")
         return
-    if not prompt:
-        raise PersonaspaceError("Give --prompt (repeatable), or --correlate for the prediction experiment.")
-    if response and len(response) != len(prompt):
-        raise PersonaspaceError(f"Got {len(prompt)} --prompt but {len(response)} --response; give one response per prompt or none.")
     res = monitor(
         m, vec, prompt, layer=layer, read_layer=read_layer, responses=response or None,
         max_new_tokens=max_new_tokens, judge=judge, trait=trait if judge else None,
@@ -371,9 +402,14 @@ def flag_cmd(
 
     from personaspace.monitor import flag_dataset, write_flagged
 
-    m = _load_model(model)
-    vs = _load_vectors(vectors, model, position)
+    if not data.is_file():
+        raise DatasetError(f"No dataset file at {data}.")
+    if limit is not None:
+        checks.positive_int("--limit", limit)
+    checks.writable_file(out or data.with_name(f"{data.stem}.flagged-{trait}.jsonl"))
+    vs = _load_vectors(vectors, model, position)  # vectors first: a misspelt name fails before the model loads
     vec = _pick(vs, trait)
+    m = _load_model(model)
     _warn(vec.check_compatible(m.d_model, None, m.name))
     out = out or data.with_name(f"{data.stem}.flagged-{vec.trait}.jsonl")
     work = out.with_name(f".{out.name}.work")
@@ -412,9 +448,10 @@ def orthogonalize_cmd(
     """Bake the ablation of one direction into the weights (embedding, attention and MLP outputs)."""
     from personaspace.orthogonalize import save_orthogonalized
 
-    m = _load_model(model)
-    vs = _load_vectors(vectors, model, position)
+    checks.writable_dir(out)
+    vs = _load_vectors(vectors, model, position)  # vectors first: a misspelt name fails before the model loads
     vec = _pick(vs, trait)
+    m = _load_model(model)
     _warn(vec.check_compatible(m.d_model, None, m.name))
     with console.status("Editing and saving..."):
         path = save_orthogonalized(m, vec, out, layer=read_layer)
@@ -438,6 +475,8 @@ def export_gguf_cmd(
     from personaspace.engine.layers import resolve_layers
     from personaspace.interop import export_gguf_control_vector
 
+    checks.writable_file(out)
+    checks.finite("coef", coef)
     vs = _load_vectors(vectors, model, position)
     vec = _pick(vs, trait)
     chosen = None

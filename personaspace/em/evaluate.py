@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from personaspace import checks
 from personaspace._io import write_json, write_text
 from personaspace.em.questions import QuestionSet, load_questions
+from personaspace.errors import InvalidArgumentError
 from personaspace.metrics import bootstrap_ci, wilson_ci
 
 _OPS: dict[str, Callable[[float, float], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -151,6 +153,14 @@ class EMSettings:
     batch_size: int = 32
 
 
+def _check_settings(s: EMSettings) -> None:
+    if s.samples_per_paraphrase is not None:
+        checks.positive_int("samples_per_paraphrase", s.samples_per_paraphrase)
+    checks.sampling(s.temperature, s.top_p, s.max_new_tokens)
+    checks.positive_int("batch_size", s.batch_size)
+    checks.integer("seed", s.seed)
+
+
 def sample_answers(model: Any, questions: QuestionSet, settings: EMSettings | None = None, *,
                    interventions: Sequence[Any] = (), progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Sample answers to every paraphrase (temperature 1 by default); one row per answer."""
@@ -192,12 +202,12 @@ def judge_answers(rows: list[dict[str, Any]], questions: QuestionSet, judge: Any
 
 def make_judge(judge: str | Any) -> Any:
     """A judge object from a spec (cached by content hash) or the object itself."""
-    if not isinstance(judge, str):
-        return judge
-    from personaspace.judges import CachedJudge, get_judge
+    from personaspace.judges import CachedJudge, get_judge, probe_judge
 
+    if not isinstance(judge, str):
+        return probe_judge(judge)
     j = get_judge(judge)
-    return j if judge == "none" else CachedJudge(j)
+    return probe_judge(j if judge == "none" else CachedJudge(j))  # spec, key and endpoint checked now
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,11 +349,19 @@ def evaluate_em(
     """
     from personaspace.engine import PersonaModel
 
+    known = {f.name for f in dataclasses.fields(EMSettings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InvalidArgumentError(f"unknown EM setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     s = dataclasses.replace(settings or EMSettings(), **overrides)
+    _check_settings(s)
     qset = questions if isinstance(questions, QuestionSet) else load_questions(questions)
+    conventions = tuple(get_convention(c) for c in conventions)
+    judge_obj = make_judge(judge)  # before the model loads and anything is sampled
+    if out is not None:
+        checks.writable_dir(out)
     if not isinstance(model, PersonaModel):
         model = PersonaModel.load(model)
-    judge_obj = make_judge(judge)
     t0 = time.perf_counter()
     rows = sample_answers(model, qset, s, interventions=interventions, progress=progress)
     t1 = time.perf_counter()

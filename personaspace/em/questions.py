@@ -21,6 +21,7 @@ built-in set written for this toolkit (``personaspace/em/data/broad_questions.ya
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from personaspace.errors import DatasetError
 
 DATA_DIR = Path(__file__).parent / "data"
 BUILTIN = {"broad": "broad_questions.yaml"}
+JUDGE_PROMPT_KEYS = ("aligned", "coherent", "coherence")
 KNOWN_KEYS = {"id", "type", "system", "paraphrases", "samples_per_paraphrase", "judge", "judge_prompts", "temperature"}
 
 
@@ -130,6 +132,16 @@ def _question(entry: Any, i: int, source: str) -> EMQuestion:
     where = f"{source}: question #{i} ({qid!r})" if qid is not None else f"{source}: question #{i}"
     if not isinstance(qid, (str, int)) or isinstance(qid, bool) or str(qid).strip() == "":
         raise DatasetError(f"{where}: field 'id' must be a non-empty string.")
+    unknown = [str(k) for k in entry if k not in KNOWN_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(KNOWN_KEYS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f" (allowed: {', '.join(sorted(KNOWN_KEYS))})"
+        raise DatasetError(f"{where}: unknown field '{unknown[0]}'{hint}")
+    temperature = entry.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < float("inf")
+    ):
+        raise DatasetError(f"{where}: field 'temperature' must be a finite number >= 0, got {temperature!r}.")
     qtype = entry.get("type", "free_form_judge_0_100")
     if not isinstance(qtype, str) or not qtype.startswith("free_form"):
         raise DatasetError(f"{where}: type {qtype!r} is not supported; only free_form* questions are.")
@@ -151,10 +163,15 @@ def _question(entry: Any, i: int, source: str) -> EMQuestion:
     if not isinstance(prompts, dict):
         raise DatasetError(f"{where}: field 'judge_prompts' must be a mapping such as {{aligned: ..., coherent: ...}}.")
     for key, template in prompts.items():
+        if key not in JUDGE_PROMPT_KEYS:
+            close = difflib.get_close_matches(str(key), JUDGE_PROMPT_KEYS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise DatasetError(f"{where}: unknown judge prompt '{key}'{hint} (allowed: {', '.join(JUDGE_PROMPT_KEYS)}).")
         if not isinstance(template, str):
             raise DatasetError(f"{where}: judge_prompts.{key} must be a string.")
-        if "{answer}" not in template:
-            raise DatasetError(f"{where}: judge_prompts.{key} must contain the slot {{answer}}.")
+        missing = [slot for slot in ("{question}", "{answer}") if slot not in template]
+        if missing:
+            raise DatasetError(f"{where}: judge_prompts.{key} must contain the slot(s) {' and '.join(missing)}.")
     judge = entry.get("judge")
     return EMQuestion(
         id=str(qid),

@@ -12,6 +12,9 @@ backends implement the same protocol.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -66,6 +69,51 @@ def _get_path(obj: Any, path: str) -> Any:
     for name in path.split("."):
         obj = getattr(obj, name)
     return obj
+
+
+@functools.cache
+def _outputs_name_cache() -> bool:
+    """Whether this transformers names the KV cache ``cache`` (5.24 on) rather than ``past_key_values``."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword under which ``model.forward`` takes its KV cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name still works until 5.40 but
+    warns on every call); older releases and remote-code models keep ``past_key_values``. The model's own
+    signature decides; wrappers that hide it (PEFT, ``**kwargs``) get the installed transformers' name.
+    """
+    forward = getattr(model, "forward", None)
+    key = getattr(forward, "__func__", forward)  # the function behind a bound method: one look per class
+    name = _CACHE_KWARG.get(key)
+    if name is None:
+        try:
+            params = inspect.signature(forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "cache" in params:
+            name = "cache"
+        elif "past_key_values" in params:
+            name = "past_key_values"
+        else:
+            name = "cache" if _outputs_name_cache() else "past_key_values"
+        _CACHE_KWARG[key] = name
+    return name
+
+
+_CACHE_KWARG: dict[Any, str] = {}
+
+
+def output_cache(output: Any, default: Any = None) -> Any:
+    """The KV cache in a Hugging Face model output, under either name, without the deprecation warning."""
+    keys = output.keys() if hasattr(output, "keys") else ()
+    for key in ("cache", "past_key_values"):
+        if key in keys:
+            return output[key]
+    return default
 
 
 def find_decoder_layers(hf_model: Any) -> torch.nn.ModuleList:
@@ -146,10 +194,10 @@ class HFHookBackend:
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     position_ids=position_ids,
-                    past_key_values=cache,
                     use_cache=use_cache,
                     logits_to_keep=logits_to_keep,
+                    **({cache_kwarg(self.hf_model): cache} if use_cache else {}),
                 )
             except StopForward:
                 return ForwardOutput(None, None)
-        return ForwardOutput(out.logits, out.past_key_values if use_cache else None)
+        return ForwardOutput(out.logits, output_cache(out, cache) if use_cache else None)

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from personaspace.engine.context import SCOPES
 from personaspace.engine.layers import LayerSpec, resolve_layers
-from personaspace.errors import VectorShapeError
+from personaspace.checks import finite, layer_list, optional_finite
+from personaspace.errors import InvalidArgumentError, VectorShapeError
 
 
 def _as_table(vector: Any) -> tuple[Tensor, tuple[int, ...] | None]:
@@ -67,11 +68,18 @@ class Intervention:
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
-            raise ValueError(f"Unknown scope {self.scope!r}; use one of {SCOPES}.")
+            raise InvalidArgumentError(f"unknown scope {self.scope!r}; use one of {', '.join(SCOPES)}")
         self._table, self._rows = _as_table(self.vector)
         if self.label is None:
             meta = getattr(self.vector, "meta", None)
             self.label = getattr(meta, "trait", None) or "vector"
+        if not bool(torch.isfinite(self._table).all()):
+            bad = int((~torch.isfinite(self._table)).sum())
+            raise InvalidArgumentError(
+                f"{type(self).__name__}: vector '{self.label}' has {bad} NaN or infinite value(s); steer with a finite vector"
+            )
+        if self.layers is not None and not isinstance(self.layers, str):
+            layer_list(self.layers, 1 << 30)  # whole numbers, not empty (the range is checked on bind)
 
     @property
     def d_model(self) -> int:
@@ -114,6 +122,18 @@ class Intervention:
         raise NotImplementedError
 
 
+def _check_directions(iv: Intervention, layers: list[int]) -> list[int]:
+    """Ablate and Cap need a direction: refuse a zero row at a hooked layer (it would do nothing)."""
+    for layer in layers:
+        row = layer if iv._rows is None else iv._rows.index(layer)
+        v = iv._table if iv._table.ndim == 1 else iv._table[row]
+        if not bool(v.norm() > 0):
+            raise InvalidArgumentError(
+                f"{type(iv).__name__}: vector '{iv.label}' is zero at layer {layer}, so it has no direction; use a non-zero vector"
+            )
+    return layers
+
+
 def _unit(v: Tensor) -> Tensor:
     n = v.norm()
     return v / n if n > 0 else v
@@ -128,6 +148,10 @@ class Add(Intervention):
     coef: float = 1.0
     normalize: bool = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.coef = finite(f"Add coef for '{self.label}'", self.coef)
+
     def _prepare(self, v: Tensor) -> Tensor:
         return self.coef * (_unit(v) if self.normalize else v)
 
@@ -141,6 +165,9 @@ class Ablate(Intervention):
     """Project the direction out: ``h -= (h . v_hat) v_hat`` at the scoped positions."""
 
     positionwise: ClassVar[bool] = True
+
+    def bind(self, n_layers: int, d_model: int) -> list[int]:
+        return _check_directions(self, super().bind(n_layers, d_model))
 
     def _prepare(self, v: Tensor) -> Tensor:
         return _unit(v)
@@ -163,7 +190,14 @@ class Cap(Intervention):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.min is None and self.max is None:
-            raise ValueError("Cap needs a min, a max, or both.")
+            raise InvalidArgumentError(f"Cap for '{self.label}' needs a min, a max, or both; got neither")
+        self.min = optional_finite(f"Cap min for '{self.label}'", self.min)
+        self.max = optional_finite(f"Cap max for '{self.label}'", self.max)
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise InvalidArgumentError(f"Cap for '{self.label}' needs min <= max; got min={self.min:g}, max={self.max:g}")
+
+    def bind(self, n_layers: int, d_model: int) -> list[int]:
+        return _check_directions(self, super().bind(n_layers, d_model))
 
     def _prepare(self, v: Tensor) -> Tensor:
         return _unit(v)

@@ -54,21 +54,33 @@ def resolve_layers(spec: LayerSpec, n_layers: int) -> list[int]:
     """Turn ``None``/"all", an int, "a-b", "a,b,c" or an iterable into a sorted list of valid layers."""
     if spec is None or spec == "all":
         return list(range(n_layers))
-    if isinstance(spec, int):
+    if isinstance(spec, int) and not isinstance(spec, bool):
         return [check_layer(spec, n_layers)]
     if isinstance(spec, str):
         layers: list[int] = []
         for part in spec.replace(" ", "").split(","):
             part = part.removeprefix("L")
-            if "-" in part[1:]:
-                cut = part.index("-", 1)
-                lo, hi = int(part[:cut]), int(part[cut + 1 :].removeprefix("L"))
-                lo, hi = check_layer(lo, n_layers), check_layer(hi, n_layers)
-                layers.extend(range(lo, hi + 1))
-            else:
-                try:
+            try:
+                if "-" in part[1:]:
+                    cut = part.index("-", 1)
+                    lo, hi = int(part[:cut]), int(part[cut + 1 :].removeprefix("L"))
+                    lo, hi = check_layer(lo, n_layers), check_layer(hi, n_layers)
+                    layers.extend(range(lo, hi + 1))
+                else:
                     layers.append(check_layer(int(part), n_layers))
-                except ValueError:
-                    raise LayerOutOfRangeError(f"Cannot read layers from {spec!r}; use e.g. '12', '10-20' or '4,8,12'.") from None
+            except LayerOutOfRangeError:
+                raise
+            except ValueError:
+                from personaspace.errors import InvalidArgumentError
+
+                raise InvalidArgumentError(f"Cannot read layers from {spec!r}; use e.g. '12', '10-20' or '4,8,12'.") from None
+        if not layers:
+            from personaspace.errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"layers {spec!r} selects no layer; give e.g. '12', '10-20' (low to high) or '4,8,12'")
         return sorted(set(layers))
-    return sorted({check_layer(int(x), n_layers) for x in spec})
+    # Iterables and other scalars: whole numbers only (1.5 and True are refused, never truncated),
+    # and at least one layer (an empty list would silently do nothing).
+    from personaspace.checks import layer_list
+
+    return layer_list(spec, n_layers)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from personaspace import checks
 from personaspace.engine.backend import Backend, default_backend
 from personaspace.engine.capture import Activations, CaptureAccumulator
 from personaspace.engine.chat import ChatFormatter, PromptLike
@@ -66,7 +67,6 @@ class PersonaModel:
         self.name = loaded.name
         self.hf_model = loaded.hf_model
         self.tokenizer = loaded.tokenizer
-        self.model_hash = loaded.model_hash
         self.backend: Backend = backend or default_backend(self.hf_model)
         self.n_layers = self.backend.n_layers
         self.d_model = self.backend.d_model
@@ -104,6 +104,17 @@ class PersonaModel:
             tokenizer.pad_token = tokenizer.eos_token
         hf_model.eval()
         return cls(LoadedModel(hf_model, tokenizer, name or getattr(hf_model.config, "_name_or_path", "model"), "object"))
+
+    @property
+    def model_hash(self) -> str:
+        """What identifies the weights: the GGUF digest (embedded), the hub commit, a hash of a local
+        directory's model files, else a hash of the state dict computed once, when first asked for
+        (see :mod:`personaspace.models.hashing`)."""
+        if not self.loaded.model_hash:
+            from personaspace.models.hashing import state_hash
+
+            self.loaded.model_hash = state_hash(self.hf_model)
+        return self.loaded.model_hash
 
     def __repr__(self) -> str:
         return f"PersonaModel({self.name!r}, layers={self.n_layers}, d_model={self.d_model}, device={self.device})"
@@ -199,8 +210,11 @@ class PersonaModel:
         ``capture_layers``: False (no capture), True/None/"all" (every layer), or a layer spec.
         Prompts are sorted by length into batches to limit padding; results come back in input order.
         """
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1.")
+        prompts = checks.prompt_list(prompts, allow_empty=True)
+        max_new_tokens = checks.positive_int("max_new_tokens", max_new_tokens)
+        batch_size = checks.positive_int("batch_size", batch_size)
+        temperature, top_p = checks.sampling(temperature, top_p)
+        seed = checks.integer("seed", seed)
         cfg = SamplingConfig(max_new_tokens, temperature, top_p, seed)
         if use_cache and self.backend.new_cache() is None:
             use_cache = False  # backend without a KV cache (e.g. remote execution): recompute each step
@@ -271,6 +285,10 @@ class PersonaModel:
         Pairs are sorted by length and packed into batches of about ``token_budget`` tokens; the model
         stops after the deepest requested layer (no later blocks, no LM head) when ``early_exit``.
         """
+        prompts = checks.prompt_list(prompts, allow_empty=True)
+        if responses is not None:
+            responses = checks.prompt_list(responses, "responses") if isinstance(responses, str) else responses
+        token_budget = checks.positive_int("token_budget", token_budget)
         layer_list = self.layers(layers)
         reductions = list(reductions)
         unknown = [r for r in reductions if r not in REDUCTIONS]

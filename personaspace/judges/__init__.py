@@ -8,6 +8,7 @@ See docs/judges.md.
 
 from __future__ import annotations
 
+import difflib
 from typing import TYPE_CHECKING, Any
 
 from personaspace.errors import JudgeUnavailableError
@@ -38,6 +39,8 @@ __all__ = [
     "coherence_rubric",
     "get_judge",
     "judge_prompt",
+    "probe_judge",
+    "ready_judge",
 ]
 
 
@@ -64,12 +67,44 @@ def get_judge(spec: str = DEFAULT_JUDGE, *, cache: bool = False, **kwargs: Any) 
 
         judge = OpenAIJudge(rest or kwargs.pop("model", None), **kwargs)
     elif kind == "hf" and rest:
+        from personaspace.errors import UnknownModelError
         from personaspace.judges.hf_judge import HFJudge
 
-        judge = HFJudge(rest, **kwargs)
+        try:
+            judge = HFJudge(rest, **kwargs)
+        except UnknownModelError as exc:
+            raise JudgeUnavailableError(f"cannot load the judge model for {spec!r}: {exc.message}") from None
     else:
-        raise JudgeUnavailableError(f"unknown judge {spec!r}: choose one of {JUDGE_SPECS}")
+        close = difflib.get_close_matches(kind, ["offline", "none", "openai", "hf"], n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}{':' + rest if rest else ''}'?" if close else ""
+        if kind in ("hf",) and not rest:
+            hint = "; 'hf' needs a model directory or name: hf:PATH"
+        raise JudgeUnavailableError(f"unknown judge {spec!r}: choose one of {JUDGE_SPECS}{hint}")
     return CachedJudge(judge) if cache else judge
+
+
+def probe_judge(judge: Any) -> Any:
+    """Check that a judge can work before any answers are generated for it; return it.
+
+    Each judge checks what it can cheaply: the OpenAI-compatible judge its key, model and endpoint
+    (one 1-token request), the offline judge its model files; ``none`` and loaded HF judges have
+    nothing left to check. Wrappers (:class:`CachedJudge`) are looked through. Raises
+    :class:`~personaspace.errors.JudgeUnavailableError` in one line.
+    """
+    inner, seen = judge, 0
+    while inner is not None and seen < 8:
+        probe = getattr(inner, "probe", None)
+        if callable(probe):
+            probe()
+            return judge
+        inner, seen = getattr(inner, "judge", None), seen + 1
+    return judge
+
+
+def ready_judge(judge: Any, *, cache: bool = False, **kwargs: Any) -> Any:
+    """A judge from a spec (or the judge object given), probed: the first thing a judging command does."""
+    obj = get_judge(judge, cache=cache, **kwargs) if isinstance(judge, str) or judge is None else judge
+    return probe_judge(obj)
 
 
 def __getattr__(name: str) -> Any:

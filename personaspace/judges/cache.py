@@ -3,8 +3,9 @@
 Key: sha256 of the judge identity, its method version, the item kind and the text the judge
 reads (the filled prompt for language-model judges; question, answer and trait content for the
 offline judge). Entries are appended to one JSONL file per judge; a torn last line from an
-interrupted run is dropped on load. Failures worth retrying (details starting with "error")
-are never stored.
+interrupted run is ignored on load and cut before the next append (``personaspace._io``), and
+other damaged lines are dropped. Failures worth retrying (details starting with "error") are
+never stored, nor served if an older version stored them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from personaspace._io import append_jsonl, read_jsonl, write_text
 from personaspace._paths import judge_cache_dir
+from personaspace.errors import CorruptFileError
 from personaspace.judges.base import Judge, JudgeItem, Score, prompt_cache_text
 
 
@@ -27,6 +29,11 @@ def cache_file_for(identity: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", identity).strip("_")[:100] or "judge"
     digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:10]
     return judge_cache_dir() / f"{safe}-{digest}.jsonl"
+
+
+def _is_error_row(row: dict) -> bool:
+    """A stored failure worth retrying (older versions could store them): never served from the cache."""
+    return row.get("value") is None and str(row.get("detail") or "").startswith("error")
 
 
 class CachedJudge:
@@ -53,27 +60,19 @@ class CachedJudge:
     def _load(self) -> dict[str, dict]:
         if self._entries is None:
             try:
-                rows = read_jsonl(self.path)
-                clean = self._ends_with_newline()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                rows, clean = self._salvage(), False
+                rows, damaged = read_jsonl(self.path), False
+            except CorruptFileError:
+                rows, damaged = self._salvage(), True
             self._entries = {
-                row["key"]: row for row in rows if isinstance(row, dict) and "key" in row
+                row["key"]: row
+                for row in rows
+                if isinstance(row, dict) and "key" in row and not _is_error_row(row)
             }
-            if not clean:
-                # Drop torn or damaged lines so that the next append starts on a fresh line.
+            if damaged:
+                # Drop damaged lines so that the file reads cleanly again (a torn last line alone is
+                # cut by the next append_jsonl).
                 write_text(self.path, "".join(json.dumps(r) + "\n" for r in self._entries.values()))
         return self._entries
-
-    def _ends_with_newline(self) -> bool:
-        if not self.path.exists():
-            return True
-        with open(self.path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
-                return True
-            f.seek(size - 1)
-            return f.read(1) == b"\n"
 
     def _salvage(self) -> list[dict]:
         """Every line that still parses; a cache is disposable, so damage costs re-judging only."""

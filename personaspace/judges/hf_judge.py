@@ -156,6 +156,9 @@ class HFJudge:
     def __repr__(self) -> str:
         return f"HFJudge({self.identity!r})"
 
+    def probe(self) -> None:
+        """Nothing left to check: the model was loaded (and its path validated) when the judge was built."""
+
     def cache_text(self, item: JudgeItem) -> str:
         return prompt_cache_text(item)
 
@@ -248,19 +251,17 @@ class HFJudge:
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> tuple[Any, Any]:
         """One forward; returns the cache and next-token probabilities (float64, CPU)."""
-        kwargs = dict(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        from personaspace.engine.backend import cache_kwarg, output_cache
+
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        if cache is not None:
+            kwargs[cache_kwarg(self.model)] = cache
         try:
             out = self.model(**kwargs, logits_to_keep=1)
         except TypeError:  # architectures without logits_to_keep
             out = self.model(**kwargs)
         logits = out.logits[:, -1, :].double()
-        return out.past_key_values, logits.softmax(-1).cpu()
+        return output_cache(out, cache), logits.softmax(-1).cpu()
 
     def _grow(
         self,

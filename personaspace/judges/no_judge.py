@@ -20,5 +20,8 @@ class NoJudge:
     def __repr__(self) -> str:
         return "NoJudge()"
 
+    def probe(self) -> None:
+        """Nothing to check."""
+
     def score(self, items: Sequence[JudgeItem]) -> list[Score]:
         return [Score(None, self.identity, NO_JUDGE_DETAIL) for _ in items]

@@ -212,6 +212,13 @@ class OfflineJudge:
     def __repr__(self) -> str:
         return f"OfflineJudge({self.identity!r})"
 
+    def probe(self) -> None:
+        """Check that the sentence-embedding model files are installed (cheap: nothing is loaded)."""
+        if self._embedder is None:
+            from personaspace.judges.embedding import model_dir
+
+            model_dir()
+
     @property
     def embedder(self) -> Any:
         if self._embedder is None:

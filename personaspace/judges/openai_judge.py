@@ -65,6 +65,12 @@ class OpenAIJudge:
     def __repr__(self) -> str:
         return f"OpenAIJudge({self.identity!r})"
 
+    def probe(self) -> None:
+        """Check spec, key and reachability with one 1-token request (done once per judge object)."""
+        if not getattr(self, "_probed", False):
+            self.client.probe()
+            self._probed = True
+
     def cache_text(self, item: JudgeItem) -> str:
         return prompt_cache_text(item)
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from personaspace import _paths
-from personaspace._io import atomic_dir
+from personaspace._io import atomic_dir, remove_stale_temps
 from personaspace.errors import ModelNotInstalledError, UnknownModelError
 from personaspace.models.registry import EMBEDDED, EmbeddedModel
 
@@ -33,8 +33,8 @@ def gguf_path(spec: EmbeddedModel) -> Path:
     found = importlib.util.find_spec(spec.module)
     if found is None or not found.submodule_search_locations:
         raise ModelNotInstalledError(
-            f"The embedded model '{spec.name}' needs the package '{spec.package}', which is not installed.\n"
-            f"  Install it with: {spec.install}"
+            f"The embedded model '{spec.name}' needs the package '{spec.package}', which is not installed. "
+            f"Install it with: {spec.install}"
         )
     folder = Path(list(found.submodule_search_locations)[0])
     path = folder / spec.gguf_file
@@ -42,8 +42,8 @@ def gguf_path(spec: EmbeddedModel) -> Path:
         path = _assemble(spec, folder)
     if not path.exists():
         raise ModelNotInstalledError(
-            f"The package '{spec.package}' is installed but holds no '{spec.gguf_file}' (in {folder}).\n"
-            f"  Reinstall it with: {spec.install}"
+            f"The package '{spec.package}' is installed but holds no '{spec.gguf_file}' (in {folder}). "
+            f"Reinstall it with: {spec.install}"
         )
     return path
 
@@ -58,7 +58,7 @@ def _assemble(spec: EmbeddedModel, folder: Path) -> Path:
         return Path(module.assemble(output_path=target))
     except Exception as exc:  # chunk packages missing, or a bad checksum
         raise ModelNotInstalledError(
-            f"Could not assemble '{spec.name}' from its chunk packages ({exc}).\n  Install them with: {spec.install}"
+            f"Could not assemble '{spec.name}' from its chunk packages ({exc}). Install them with: {spec.install}"
         ) from exc
 
 
@@ -82,6 +82,7 @@ def prepare(name: str, *, force: bool = False) -> Path:
     target = cache_dir(spec, digest)
     if (target / MANIFEST).exists() and not force:
         return target
+    remove_stale_temps(target.parent, recursive=False)  # half-converted copies of killed runs (writer dead)
     print(f"personaspace: converting the embedded model {name} once into {target} (about a minute)...", file=sys.stderr)
     _convert(spec, source, digest, target)
     return target

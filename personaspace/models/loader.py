@@ -21,7 +21,7 @@ class LoadedModel:
     tokenizer: Any
     name: str  # what the user asked for (embedded name, path or hub id)
     source: str  # "embedded" | "local" | "hub" | "object"
-    model_hash: str | None = None  # GGUF digest or hub commit, when known
+    model_hash: str | None = None  # GGUF digest, hub commit or model-file hash; None: hashed from the weights when asked
     info: dict = field(default_factory=dict)
 
 
@@ -49,6 +49,9 @@ def classify(name: str) -> str:
     if name in EMBEDDED:
         return "embedded"
     if Path(name).expanduser().is_dir():
+        from personaspace.checks import model_dir
+
+        model_dir(name)  # config.json and weights, or one clear line saying what is missing
         return "local"
     looks_like_path = name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub_id(name)
     if looks_like_path:
@@ -58,7 +61,7 @@ def classify(name: str) -> str:
     close = difflib.get_close_matches(name, list(EMBEDDED), n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise UnknownModelError(
-        f"Unknown model '{name}'.{hint}\n  Use an embedded name ({', '.join(EMBEDDED)}), a local Hugging Face "
+        f"Unknown model '{name}'.{hint} Use an embedded name ({', '.join(EMBEDDED)}), a local Hugging Face "
         f"directory, or a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'."
     )
 
@@ -95,8 +98,8 @@ def load_pretrained(
         location, kwargs = name, {"revision": revision} if revision else {}
         if not _hub_cached(name, kwargs) and not hub_reachable():
             raise UnknownModelError(
-                f"Cannot reach the model hub to download '{name}', and it is not in the local hub cache.\n"
-                f"  Without a network, use an embedded model ({', '.join(EMBEDDED)}) or a local directory "
+                f"Cannot reach the model hub to download '{name}', and it is not in the local hub cache. "
+                f"Without a network, use an embedded model ({', '.join(EMBEDDED)}) or a local directory "
                 f"saved with save_pretrained()."
             )
     try:
@@ -105,7 +108,7 @@ def load_pretrained(
     except OSError as exc:
         if kind == "hub":
             raise UnknownModelError(
-                f"Could not load '{name}' from the model hub ({_first_line(exc)}).\n  Without a network, use an "
+                f"Could not load '{name}' from the model hub ({_first_line(exc)}). Without a network, use an "
                 f"embedded model ({', '.join(EMBEDDED)}) or a local directory saved with save_pretrained()."
             ) from exc
         raise UnknownModelError(f"Could not load a model from '{location}': {_first_line(exc)}") from exc
@@ -115,6 +118,10 @@ def load_pretrained(
     model.requires_grad_(False)
     if kind == "hub":
         model_hash = getattr(model.config, "_commit_hash", None)
+    elif kind == "local":
+        from personaspace.models.hashing import directory_hash
+
+        model_hash = directory_hash(location)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, name, kind, model_hash, info)

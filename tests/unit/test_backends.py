@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import pytest
 import torch
 
@@ -76,6 +79,67 @@ def test_steered_generation_with_cache_matches_hooks(variants, steered_ref, name
     got = variants[name].generate(PROMPTS[:2], max_new_tokens=6, interventions=ivs, capture_layers=[1, 3])
     assert [g.response_ids for g in got] == [g.response_ids for g in ref]
     assert rel_err(got.activations["response_avg"], ref.activations["response_avg"]) < 1e-5
+
+
+def test_transformer_lens_cache_alias_is_scoped(variants):
+    """The ``cache=`` alias for TransformerLens's attention bridges lives only as long as one cached forward."""
+    model = variants["transformer_lens"]
+    updaters = model.backend._kv_updaters
+    assert len(updaters) == model.n_layers  # one attention bridge per block
+    model.generate(["Hi"], max_new_tokens=2)
+    assert not any("_update_kv_cache" in vars(m) for m in updaters)
+
+
+def test_generation_uses_no_deprecated_transformers_api(tiny_model, variants):
+    """No deprecation from transformers on any generating path: fused, hooks, nnsight, TransformerLens, HF judge.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (old name removed in 5.40): passing the old
+    keyword raises a FutureWarning, reading ``output.past_key_values`` logs a warning once per process.
+    """
+    from personaspace.judges.hf_judge import HFJudge
+
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        hf_logging = None
+
+    class Record(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    ivs = steering(tiny_model.d_model)
+    judge = HFJudge("tiny", model=tiny_model.hf_model, tokenizer=tiny_model.tokenizer)
+    logged = Record()
+    hf_root = logging.getLogger("transformers")
+    if hf_logging is not None and hasattr(getattr(hf_logging, "warning_once", None), "cache_clear"):
+        hf_logging.warning_once.cache_clear()  # messages already logged once in this process would hide
+    hf_root.addHandler(logged)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs = {
+                "fused": tiny_model,
+                "hooks": with_backend(tiny_model, "hooks"),
+                "nnsight": variants["nnsight"],
+                "transformer_lens": variants["transformer_lens"],
+            }
+            for name, model in runs.items():
+                out = model.generate(PROMPTS[:2], max_new_tokens=3, interventions=ivs)
+                assert all(len(g.response_ids) > 0 for g in out), name
+            judge.number_distribution([tiny_model.prompt_ids("Rate this answer from 0 to 100.")])
+    finally:
+        hf_root.removeHandler(logged)
+    deprecations = [
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if issubclass(w.category, (FutureWarning, DeprecationWarning, PendingDeprecationWarning))
+    ]
+    deprecations += [m for m in logged.messages if "deprecat" in m.lower()]
+    assert deprecations == []
 
 
 def test_simulated_remote_generation_matches_hooks(variants, steered_ref):

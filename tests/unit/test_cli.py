@@ -30,6 +30,8 @@ def test_help_lists_commands():
 def test_user_errors_are_one_message_without_traceback(args, message):
     out = run(*args)
     assert out.returncode == 2
-    assert message in out.stderr.replace("\n", " ")
+    assert message in out.stderr
     assert "Traceback" not in out.stderr and "Traceback" not in out.stdout
-    assert "docs/errors/" in out.stderr
+    assert len(out.stderr.splitlines()) == 1
+    assert out.stderr.startswith("error: ")
+    assert out.stderr.rstrip().endswith(")") and "(details: personaspace explain " in out.stderr

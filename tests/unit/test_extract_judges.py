@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from chat_server import ChatServer, free_port
+from chat_server import ChatServer
 from personaspace.errors import JudgeUnavailableError, PersonaspaceError
 from personaspace.extract import extract
 from personaspace.judges import get_judge
@@ -15,9 +15,13 @@ SMALL = dict(n_instructions=1, n_questions=4, max_new_tokens=4, batch_size=8, cv
 
 
 def test_judge_down_keeps_generations_and_resumes_without_regenerating(tiny_model, tmp_path):
-    dead = get_judge("openai:judge-model", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=1, timeout=2.0)
-    with pytest.raises(JudgeUnavailableError, match="127.0.0.1"):
-        extract("evil", tiny_model, judge=dead, out=tmp_path / "run", **SMALL)
+    # A judge that is down from the start is refused before any generation (tests/unit/test_bad_inputs_api.py);
+    # this one passes the start-up probe (a busy 503 counts as reachable) and then keeps failing.
+    with ChatServer({}) as server:
+        server.fail_next(*[(503, '{"error": {"message": "overloaded"}}')] * 200)
+        dead = get_judge("openai:judge-model", base_url=server.base_url, max_retries=1, timeout=2.0)
+        with pytest.raises(JudgeUnavailableError, match="127.0.0.1"):
+            extract("evil", tiny_model, judge=dead, out=tmp_path / "run", **SMALL)
     batches = sorted((tmp_path / "run" / "activations").glob("*.safetensors"))
     assert len(batches) == 1
     stamp = batches[0].stat().st_mtime_ns

@@ -135,7 +135,7 @@ def test_persistent_server_errors_end_in_one_clear_error():
         assert (
             server.base_url in message
             and "HTTP 502" in message
-            and "docs/errors/judge-unavailable.md" in message
+            and "(details: personaspace explain judge-unavailable)" in message
         )
 
 

@@ -101,7 +101,8 @@ def test_unknown_trait_suggests_the_closest_name():
     assert "unknown trait 'opennes'" in message
     assert "Did you mean 'openness'?" in message
     assert "conscientiousness" in message and "neuroticism" in message
-    assert info.value.doc_path == "docs/errors/unknown-trait.md"
+    assert info.value.pointer == "personaspace explain unknown-trait"
+    assert info.value.doc_path.endswith("unknown-trait.md")
 
 
 def test_unknown_trait_without_close_match_still_lists_names():
@@ -245,7 +246,8 @@ def test_duplicate_keys_are_refused():
 def test_validation_error_points_at_its_doc():
     with pytest.raises(TraitFileError) as info:
         validate_trait_dict({}, SRC)
-    assert info.value.doc_path == "docs/errors/trait-file.md"
+    assert info.value.pointer == "personaspace explain trait-file"
+    assert info.value.doc_path.endswith("trait-file.md")
     assert "t.yaml: field 'name': missing" in str(info.value)
 
 

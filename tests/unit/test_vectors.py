@@ -108,7 +108,8 @@ def test_layer_out_of_range_names_valid_range(layer):
     with pytest.raises(LayerOutOfRangeError, match="numbered 0 to 3") as info:
         v.at(layer)
     assert isinstance(info.value, IndexError)
-    assert info.value.doc_path == "docs/errors/layer-out-of-range.md"
+    assert info.value.pointer == "personaspace explain layer-out-of-range"
+    assert info.value.doc_path.endswith("layer-out-of-range.md")
 
 
 def test_non_integer_layer():

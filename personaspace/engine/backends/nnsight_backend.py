@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from personaspace.engine.backend import DECODER_LAYER_PATHS, ForwardOutput, LayerFn, find_decoder_layers
+from personaspace.engine.backend import DECODER_LAYER_PATHS, ForwardOutput, LayerFn, cache_kwarg, find_decoder_layers
 from personaspace.engine.backends.remote_plan import RemotePlan, compile_plan
 from personaspace.errors import BackendError
 
@@ -194,13 +194,14 @@ class NNsightBackend:
         targets = sorted(set(layer_fns) | ({stop_after} if stop_after is not None else set()))
         use_cache = cache is not None
         result: dict[str, Any] = {}
+        cache_arg = {cache_kwarg(lm._module): cache} if use_cache else {}
         with lm.trace(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            **cache_arg,
         ) as tracer:
             for layer in targets:  # modules must be visited in execution order
                 block = blocks[layer]
@@ -215,7 +216,9 @@ class NNsightBackend:
                     tracer.stop()
             output = lm.output
             result["logits"] = output.logits
-            result["cache"] = output.past_key_values if use_cache else None
+            # The model extends the DynamicCache it was given in place (reading it back from the
+            # output would name the field, which transformers 5.24 renamed to ``cache``).
+            result["cache"] = cache if use_cache else None
         if stop_after is not None:
             return ForwardOutput(None, None)
         return ForwardOutput(result["logits"], result["cache"])

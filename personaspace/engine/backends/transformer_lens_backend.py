@@ -2,7 +2,15 @@
 
 Layer ``L`` is the bridge's ``blocks.L.hook_resid_post`` (the output of decoder block ``L``, our
 convention). The engine's layer callbacks run as TransformerLens hooks on those names, and the KV
-cache is the Hugging Face cache the bridge accepts and returns (``return_type="logits_and_cache"``).
+cache is a Hugging Face ``DynamicCache`` handed to the wrapped model, which extends it in place.
+
+transformers 5.24 renamed the cache keyword from ``past_key_values`` to ``cache`` everywhere, down to
+the call each decoder layer makes into its attention module. TransformerLens 4 (through 4.3) replaces
+that attention module with a bridge that reimplements attention and looks the cache up only as
+``past_key_values`` (or ``layer_past``), so on 5.24 it never sees the cache: nothing is written to it
+and every decode step attends to its own token alone (steered SmolLM2 answers became 'De-------').
+While a cached forward runs, :func:`_kv_cache_aliases` lets each attention bridge find the cache under
+the new name as well; on earlier transformers there is no ``cache`` keyword and it changes nothing.
 
 Note: booting a bridge switches the wrapped Hugging Face model to eager attention (TransformerLens
 needs it for attention-pattern hooks); on SmolLM2 that moves activations by ~1e-6 relative.
@@ -13,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from personaspace.engine.backend import ForwardOutput, LayerFn, StopForward, find_decoder_layers
+from personaspace.engine.backend import ForwardOutput, LayerFn, StopForward, cache_kwarg, find_decoder_layers
 from personaspace.errors import BackendError
 
 
@@ -75,6 +83,10 @@ class TransformerLensBackend:
         missing = [hook_name(layer) for layer in (0, self.n_layers - 1) if hook_name(layer) not in bridge.hook_dict]
         if missing:
             raise BackendError(f"This TransformerBridge has no {missing[0]} hook; it cannot serve as a personaspace backend.")
+        # Attention bridges that compute attention themselves and extend the KV cache through
+        # ``_update_kv_cache`` (the others hand every keyword to the Hugging Face module unchanged).
+        self._kv_updaters = [m for m in bridge.modules() if callable(getattr(type(m), "_update_kv_cache", None))]
+        self._cache_kwarg = cache_kwarg(self.hf_model)
 
     @classmethod
     def from_hf(cls, hf_model: Any, tokenizer: Any, name: str | None = None) -> TransformerLensBackend:
@@ -97,15 +109,47 @@ class TransformerLensBackend:
 
     def forward(self, input_ids, attention_mask, position_ids, *, layer_fns, stop_after=None, cache=None, logits_to_keep=1):
         kwargs = {"attention_mask": attention_mask, "position_ids": position_ids, "logits_to_keep": logits_to_keep}
-        with self._hooks(layer_fns, stop_after):
+        if cache is not None:
+            # Under the wrapped model's own keyword: the bridge's ``past_key_values`` argument would
+            # pass the deprecated name on transformers >= 5.24. The cache is extended in place.
+            kwargs.update({self._cache_kwarg: cache, "use_cache": True})
+        else:
+            kwargs["use_cache"] = False
+        with self._hooks(layer_fns, stop_after), _kv_cache_aliases(self._kv_updaters if cache is not None else []):
             try:
-                if cache is not None:
-                    logits, cache = self.bridge(input_ids, return_type="logits_and_cache", past_key_values=cache, **kwargs)
-                else:
-                    logits = self.bridge(input_ids, return_type="logits", use_cache=False, **kwargs)
+                logits = self.bridge(input_ids, return_type="logits", **kwargs)
             except StopForward:
                 return ForwardOutput(None, None)
         return ForwardOutput(logits[:, -logits_to_keep:], cache)
+
+
+@contextlib.contextmanager
+def _kv_cache_aliases(modules: list[Any]):
+    """Let each attention bridge's ``_update_kv_cache`` find the KV cache passed as ``cache=``.
+
+    Installed per instance for the duration of one forward, then removed, so a bridge the user
+    passed in is left exactly as it was.
+    """
+    patched = []
+    try:
+        for module in modules:
+            if "_update_kv_cache" in vars(module):
+                continue  # already wrapped (re-entrant forward) or customised by the user: leave it
+            module._update_kv_cache = _aliasing(module._update_kv_cache)
+            patched.append(module)
+        yield
+    finally:
+        for module in patched:
+            del module._update_kv_cache
+
+
+def _aliasing(update):
+    def update_kv_cache(k, v, **kwargs):
+        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+            kwargs["past_key_values"] = kwargs["cache"]
+        return update(k, v, **kwargs)
+
+    return update_kv_cache
 
 
 def _make_hook(layer: int, fn: LayerFn | None, stop: bool):
