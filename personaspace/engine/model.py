@@ -107,13 +107,16 @@ class PersonaModel:
 
     @property
     def model_hash(self) -> str:
-        """What identifies the weights: the GGUF digest (embedded), the hub commit, a hash of a local
-        directory's model files, else a hash of the state dict computed once, when first asked for
+        """What identifies the weights: the GGUF digest (embedded), the hub commit, else, computed once
+        when first asked for, a hash of a local directory's model files or of the state dict
         (see :mod:`personaspace.models.hashing`)."""
         if not self.loaded.model_hash:
-            from personaspace.models.hashing import state_hash
+            from personaspace.models.hashing import directory_hash, state_hash
 
-            self.loaded.model_hash = state_hash(self.hf_model)
+            local_dir = self.loaded.info.get("local_dir")
+            # Reading a large directory once is the price of knowing its weights; only runs that record
+            # the hash (extraction, vectors) pay it, and the per-file hashes are remembered.
+            self.loaded.model_hash = directory_hash(local_dir) if local_dir else state_hash(self.hf_model)
         return self.loaded.model_hash
 
     def __repr__(self) -> str:

@@ -22,18 +22,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from personaspace.models.embedded import file_digest
+
 # Top-level files of a model directory that can change what the model generates.
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt", ".jinja", ".tiktoken")
 _CACHE_NAME = "file-hashes.json"
 _lock = threading.Lock()
-
-
-def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _cache_path() -> Path:
@@ -79,7 +73,7 @@ def directory_hash(directory: str | os.PathLike, *, remember: bool = True) -> st
             if isinstance(entry, dict) and entry.get("stat") == stamp and isinstance(entry.get("sha256"), str):
                 digest = entry["sha256"]
             else:
-                digest = _file_sha256(f)
+                digest = file_digest(f)
                 cache[key] = {"stat": stamp, "sha256": digest}
                 changed = True
             outer.update(f"{f.name}\0{digest}\n".encode())

@@ -119,9 +119,7 @@ def load_pretrained(
     if kind == "hub":
         model_hash = getattr(model.config, "_commit_hash", None)
     elif kind == "local":
-        from personaspace.models.hashing import directory_hash
-
-        model_hash = directory_hash(location)
+        info["local_dir"] = str(Path(location).resolve())  # hashed when model_hash is first asked for
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, name, kind, model_hash, info)
