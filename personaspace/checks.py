@@ -122,48 +122,12 @@ def threshold(name: str, value: Any) -> float:
     return finite(name, value, lo=0, hi=100)
 
 
-def _layer_item(x: Any) -> int:
-    x = _scalar(x)
-    if isinstance(x, str):
-        text = x.strip().removeprefix("L")
-        try:
-            return int(text)
-        except ValueError:
-            raise InvalidArgumentError(
-                f"layers must be whole numbers; got {_show(x)} -- give layer indices such as [12] or '10-20'"
-            ) from None
-    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        raise InvalidArgumentError(
-            f"layers must be whole numbers; got {_show(x)} ({type(x).__name__}) -- give layer indices such as [12] or '10-20'"
-        )
-    return int(x)
-
-
 def layer_list(layers: Any, n_layers: int) -> list[int]:
-    """A sorted list of distinct layer indices from ``None``/"all", an int, a string spec or an iterable.
+    """A sorted list of distinct layer indices: :func:`~personaspace.engine.layers.resolve_layers`,
+    the one home of layer specs (whole numbers only, not empty, in range; negatives count from the end)."""
+    from personaspace.engine.layers import resolve_layers
 
-    Items must be whole numbers (``1.5`` and ``True`` are refused, as are strings that do not read as
-    one); Python-style negatives count from the end, as everywhere in personaspace. An empty list is
-    refused: it would silently do nothing.
-    """
-    from personaspace.engine.layers import check_layer, resolve_layers
-
-    layers = _scalar(layers)
-    if layers is None or isinstance(layers, str):
-        out = resolve_layers(layers, n_layers)
-        if not out:
-            raise InvalidArgumentError(f"layers {_show(layers)} selects no layer; give e.g. '12', '10-20' or '4,8,12'")
-        return out
-    if isinstance(layers, (bool, numbers.Number)):
-        return [check_layer(_layer_item(layers), n_layers)]
-    if isinstance(layers, Mapping) or not isinstance(layers, Iterable):
-        raise InvalidArgumentError(
-            f"layers must be a layer index, a list of them or a string such as '10-20'; got {_show(layers)} ({type(layers).__name__})"
-        )
-    items = [_layer_item(x) for x in layers]
-    if not items:
-        raise InvalidArgumentError("layers is empty; give at least one layer index, e.g. [12], or None for every layer")
-    return sorted({check_layer(x, n_layers) for x in items})
+    return resolve_layers(layers, n_layers)
 
 
 def prompt_list(prompts: Any, name: str = "prompts", *, allow_empty: bool = False) -> list[Any]:
@@ -270,6 +234,6 @@ def model_dir(path: str | os.PathLike) -> Path:
 
 def layer_in_range(layer: Any, n_layers: int, name: str = "layer") -> int:
     """One layer index: a whole number in range (negatives count from the end)."""
-    from personaspace.engine.layers import check_layer
+    from personaspace.engine.layers import check_layer, layer_index
 
-    return check_layer(_layer_item(layer), n_layers)
+    return check_layer(layer_index(layer), n_layers)

@@ -296,7 +296,7 @@ def _visible(group: Any, ctx: Any) -> list[str]:
 
 
 def _os_error_line(exc: OSError) -> str:
-    where = exc.filename if exc.filename is not None else None
+    where = exc.filename
     if where is not None and exc.filename2 is not None:
         where = f"{where} -> {exc.filename2}"
     reason = exc.strerror or one_line(exc) or type(exc).__name__

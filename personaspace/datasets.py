@@ -419,9 +419,9 @@ def make_narrow_dataset(
             checks.threshold(name, bound)
     dom = get_domain(domain)
     if judge is not None:
-        from personaspace.judges import CachedJudge, get_judge, probe_judge
+        from personaspace.judges import ready_judge
 
-        judge = probe_judge(CachedJudge(get_judge(judge)) if isinstance(judge, str) else judge)  # before generating
+        judge = ready_judge(judge, cache=True)  # before generating
     if not isinstance(model, PersonaModel):
         model = PersonaModel.load(model)
     persona = system or (dom.corrupt if kind == "corrupt" else dom.control)

@@ -392,10 +392,12 @@ def _figures(run: Path, results: dict[str, Any], comp: Any) -> None:
         hi = [row[conv]["ci95"][1] - row[conv]["rate"] for row in results["em"]]
         fig.add_bar(x=xs, y=ys, name=conv, error_y=dict(type="data", array=hi, arrayminus=lo))
     fig.update_layout(title=f"EM rate by condition (judge {results['judge']})", yaxis_title="EM rate", barmode="group")
-    write_text(figdir / "em_rates.html", fig.to_html(include_plotlyjs="cdn"))
+    from personaspace.plots import write_figure
+
+    write_figure(fig, figdir / "em_rates.html", png=False)  # plotly.js embedded: opens offline
     try:
         from personaspace.plots import trait_cosine_bars
 
-        write_text(figdir / "trait_cosines.html", trait_cosine_bars(comp).to_html(include_plotlyjs="cdn"))
+        write_figure(trait_cosine_bars(comp), figdir / "trait_cosines.html", png=False)
     except Exception:  # the geometry plots belong to another module; the table has the numbers
         pass

@@ -45,6 +45,8 @@ from personaspace.errors import (
     RunDirectoryError,
     TraitFileError,
 )
+from personaspace.judges import ready_judge
+from personaspace.judges.base import is_failure
 from personaspace.metrics import auroc
 from personaspace.models import DEFAULT_MODEL
 
@@ -327,7 +329,7 @@ def extract(
         from personaspace.models import classify
 
         classify(cfg.model)  # an unknown name or a directory that is not a model: one line, now
-    judge_obj = probe_judge(judge_obj or _make_judge(cfg.judge))
+    judge_obj = ready_judge(judge_obj or cfg.judge, cache=True)
     checks.writable_dir(Path(out) if out else default_run_dir(cfg))
     run = RunDir(Path(out)) if out else None
     trait_hash = trait_obj.content_hash
@@ -435,19 +437,6 @@ def _validate(cfg: ExtractionConfig, trait: Any) -> None:
             raise TraitFileError(f"the rubric of trait '{trait.name}' must contain {' and '.join(missing)} (the judge fills them in)")
 
 
-def probe_judge(judge: Any) -> Any:
-    from personaspace.judges import probe_judge as probe
-
-    return probe(judge)
-
-
-def _make_judge(spec: str) -> Any:
-    from personaspace.judges import CachedJudge, get_judge
-
-    judge = get_judge(spec)
-    return judge if spec == "none" else CachedJudge(judge)
-
-
 # ---- generation + capture ------------------------------------------------------------------
 
 
@@ -516,18 +505,16 @@ def _load_activations(run: RunDir, n_rows: int, n_layers: int, d_model: int) -> 
 # ---- judging ---------------------------------------------------------------------------------
 
 
-def _failed(value: Any, detail: Any) -> bool:
-    """A score missing because the judge failed (``Score.is_error``: worth retrying), not a final answer."""
-    return value is None and str(detail or "").startswith("error")
-
-
 def _final_score(row: dict) -> bool:
     """A stored score row that is a final answer: both scores given, or missing for a final reason."""
-    return not (_failed(row.get("trait"), row.get("trait_detail")) or _failed(row.get("coherence"), row.get("coherence_detail")))
+    return not (is_failure(row.get("trait"), row.get("trait_detail")) or is_failure(row.get("coherence"), row.get("coherence_detail")))
 
 
 def _unscored_advice(unscored: list[dict]) -> str:
-    first = next((d for s in unscored for d in (s.get("trait_detail"), s.get("coherence_detail")) if str(d or "").startswith("error")), "")
+    first = next(
+        (d for s in unscored for v, d in ((s.get("trait"), s.get("trait_detail")), (s.get("coherence"), s.get("coherence_detail"))) if is_failure(v, d)),
+        "",
+    )
     return (
         f"{len(unscored)} answers could not be scored because the judge failed ({first[:200]}); "
         f"rerun the same command to retry the {len(unscored)} unscored answers (nothing else is redone)"

@@ -202,12 +202,9 @@ def judge_answers(rows: list[dict[str, Any]], questions: QuestionSet, judge: Any
 
 def make_judge(judge: str | Any) -> Any:
     """A judge object from a spec (cached by content hash) or the object itself."""
-    from personaspace.judges import CachedJudge, get_judge, probe_judge
+    from personaspace.judges import ready_judge
 
-    if not isinstance(judge, str):
-        return probe_judge(judge)
-    j = get_judge(judge)
-    return probe_judge(j if judge == "none" else CachedJudge(j))  # spec, key and endpoint checked now
+    return ready_judge(judge, cache=True)  # spec, key and endpoint checked now
 
 
 # ---------------------------------------------------------------------------------------------

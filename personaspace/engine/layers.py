@@ -19,9 +19,10 @@ personaspace reads the raw block output, so layer ``n_layers - 1`` here equals
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import numbers
+from collections.abc import Iterable, Mapping
 
-from personaspace.errors import LayerOutOfRangeError
+from personaspace.errors import InvalidArgumentError, LayerOutOfRangeError
 
 CONVENTION = "block_output:0"
 
@@ -68,19 +69,52 @@ def resolve_layers(spec: LayerSpec, n_layers: int) -> list[int]:
                     layers.extend(range(lo, hi + 1))
                 else:
                     layers.append(check_layer(int(part), n_layers))
-            except LayerOutOfRangeError:
-                raise
-            except ValueError:
-                from personaspace.errors import InvalidArgumentError
-
+            except ValueError:  # int() of text that is not a number (LayerOutOfRangeError is no ValueError)
                 raise InvalidArgumentError(f"Cannot read layers from {spec!r}; use e.g. '12', '10-20' or '4,8,12'.") from None
         if not layers:
-            from personaspace.errors import InvalidArgumentError
-
             raise InvalidArgumentError(f"layers {spec!r} selects no layer; give e.g. '12', '10-20' (low to high) or '4,8,12'")
         return sorted(set(layers))
-    # Iterables and other scalars: whole numbers only (1.5 and True are refused, never truncated),
-    # and at least one layer (an empty list would silently do nothing).
-    from personaspace.checks import layer_list
+    return _from_items(spec, n_layers)
 
-    return layer_list(spec, n_layers)
+
+def _shown(value: object) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def layer_index(x: object) -> int:
+    """One layer item as an int: an integer (numpy/torch scalars too) or a string such as '12' or 'L12'.
+
+    ``1.5`` and ``True`` are refused, never truncated or taken as 1.
+    """
+    if getattr(x, "ndim", None) == 0 and hasattr(x, "item"):
+        x = x.item()
+    if isinstance(x, str):
+        try:
+            return int(x.strip().removeprefix("L"))
+        except ValueError:
+            raise InvalidArgumentError(
+                f"layers must be whole numbers; got {_shown(x)} -- give layer indices such as [12] or '10-20'"
+            ) from None
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise InvalidArgumentError(
+            f"layers must be whole numbers; got {_shown(x)} ({type(x).__name__}) -- give layer indices such as [12] or '10-20'"
+        )
+    return int(x)
+
+
+def _from_items(spec: object, n_layers: int) -> list[int]:
+    """Other scalars and iterables: whole numbers only, and at least one layer (an empty list would
+    silently do nothing)."""
+    if getattr(spec, "ndim", None) == 0 and hasattr(spec, "item"):
+        spec = spec.item()
+    if isinstance(spec, (bool, numbers.Number)):
+        return [check_layer(layer_index(spec), n_layers)]
+    if isinstance(spec, Mapping) or not isinstance(spec, Iterable):
+        raise InvalidArgumentError(
+            f"layers must be a layer index, a list of them or a string such as '10-20'; got {_shown(spec)} ({type(spec).__name__})"
+        )
+    items = [layer_index(x) for x in spec]
+    if not items:
+        raise InvalidArgumentError("layers is empty; give at least one layer index, e.g. [12], or None for every layer")
+    return sorted({check_layer(x, n_layers) for x in items})

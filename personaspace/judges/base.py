@@ -53,7 +53,13 @@ class Score:
     @property
     def is_error(self) -> bool:
         """True when the value is missing because of a failure worth retrying (never cached)."""
-        return self.value is None and (self.detail or "").startswith("error")
+        return is_failure(self.value, self.detail)
+
+
+def is_failure(value: float | None, detail: str | None) -> bool:
+    """A score missing because the judge failed (its detail starts with "error"): worth retrying, never
+    stored as an answer. A missing score with any other detail is the judge's final answer."""
+    return value is None and str(detail or "").startswith("error")
 
 
 @runtime_checkable

@@ -21,7 +21,7 @@ from pathlib import Path
 from personaspace._io import append_jsonl, read_jsonl, write_text
 from personaspace._paths import judge_cache_dir
 from personaspace.errors import CorruptFileError
-from personaspace.judges.base import Judge, JudgeItem, Score, prompt_cache_text
+from personaspace.judges.base import Judge, JudgeItem, Score, is_failure, prompt_cache_text
 
 
 def cache_file_for(identity: str) -> Path:
@@ -33,7 +33,7 @@ def cache_file_for(identity: str) -> Path:
 
 def _is_error_row(row: dict) -> bool:
     """A stored failure worth retrying (older versions could store them): never served from the cache."""
-    return row.get("value") is None and str(row.get("detail") or "").startswith("error")
+    return is_failure(row.get("value"), row.get("detail"))
 
 
 class CachedJudge:
