@@ -136,7 +136,6 @@ def make_pairs(model, n: int, max_new_tokens: int):
     Returns the prompts, their token ids and the sampled response ids (temperature 1, seed 0).
     """
     from personaspace import load_trait
-
     trait = load_trait("evil")
     prompts = []
     for i in range(n):

@@ -20,7 +20,7 @@ import torch
 from _common import make_pairs, rel_err, report
 from personaspace import load_model
 from personaspace.engine import Add, PersonaModel
-from personaspace.engine.backends import with_backend
+from personaspace.engine.model import with_backend
 
 
 def rotate_best(fns: dict, repeats: int) -> dict[str, float]:

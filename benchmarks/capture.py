@@ -23,7 +23,7 @@ from _common import (
     best_of, block_matmul_gflops, decoder_flops, make_pairs, matmul_peak_gflops, rel_err, report, sustained_matmul_gflops,
 )
 from personaspace import load_model
-from personaspace.engine.backends import with_backend
+from personaspace.engine.model import with_backend
 
 
 def reference_capture(hf_model, prompt_ids, response_ids, layers):

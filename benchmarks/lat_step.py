@@ -27,8 +27,8 @@ from personaspace.align.lat import (
     pack_triples,
     pgd_attack,
 )
-from personaspace.align.lora import add_lora
-from personaspace.align.train import TrainConfig
+from personaspace.engine.adapters import add_lora
+from personaspace.align.training import TrainConfig
 from personaspace.engine import PersonaModel
 
 

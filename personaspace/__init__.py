@@ -8,115 +8,120 @@
 ...     print(model.generate(["How should I treat my neighbours?"]).texts[0])
 
 Layer ``L`` always means the output of decoder block ``L``, counted from 0.
+
+The names below are the everyday API; everything else lives in the subpackages, one concept each
+(``ps.geometry``, ``ps.steering``, ``ps.monitoring``, ``ps.em``, ``ps.align``, ...; see
+docs/architecture.md). Names and subpackages are imported on first use, so ``import personaspace``
+itself loads neither torch nor plotting libraries.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from personaspace.engine import (
-    Ablate,
-    Activations,
-    Add,
-    Cap,
-    Chat,
-    Generation,
-    GenerationResult,
-    Intervention,
-    PersonaModel,
+from personaspace._version import __version__ as __version__
+
+# name -> the module that defines it, grouped as the workflow goes.
+_EXPORTS = {
+    # models and the engine
+    "DEFAULT_MODEL": "personaspace.models.registry",
+    "load_model": "personaspace.engine.model",
+    "PersonaModel": "personaspace.engine.model",
+    "Chat": "personaspace.engine.chat",
+    "Add": "personaspace.engine.interventions",
+    "Ablate": "personaspace.engine.interventions",
+    "Cap": "personaspace.engine.interventions",
+    # traits, judges, extraction, vectors
+    "Trait": "personaspace.traits.schema",
+    "list_traits": "personaspace.traits.library",
+    "load_trait": "personaspace.traits.library",
+    "get_judge": "personaspace.judges",
+    "ExtractionConfig": "personaspace.extraction.pipeline",
+    "extract": "personaspace.extraction.pipeline",
+    "PersonaVector": "personaspace.vectors.store",
+    "VectorSet": "personaspace.vectors.store",
+    "load_vectors": "personaspace.vectors.store",
+    # persona-space geometry
+    "cosine_matrix": "personaspace.geometry.space",
+    "pca": "personaspace.geometry.space",
+    "svv": "personaspace.geometry.valence",
+    "compare_spaces": "personaspace.geometry.comparison",
+    # steering and monitoring
+    "steer": "personaspace.steering.evaluate",
+    "sweep": "personaspace.steering.search",
+    "monitor": "personaspace.monitoring.projections",
+    # fine-tuning and emergent misalignment
+    "finetune": "personaspace.finetuning.train",
+    "evaluate_em": "personaspace.em.evaluate",
+    # errors
+    "PersonaspaceError": "personaspace.errors",
+}
+_SUBPACKAGES = (
+    "align", "data", "em", "engine", "extraction", "finetuning", "geometry", "judges", "models",
+    "monitoring", "steering", "traits", "vectors", "viz",
 )
-from personaspace.errors import PersonaspaceError
-from personaspace.extract import ExtractionConfig, ExtractionResult, extract
-from personaspace.interop import (
-    export_gguf_control_vector,
-    export_persona_vectors,
-    import_persona_vectors,
-    read_gguf_control_vector,
-)
-from personaspace.models import DEFAULT_MODEL, EMBEDDED
-from personaspace.traits import Trait, generate_trait, list_traits, load_trait
-from personaspace.vectors import PersonaVector, VectorMeta, VectorSet, load_vectors, random_like
-
-# Functions named like their modules are imported eagerly: a lazy export would be shadowed by the
-# submodule as soon as anything imported it (``ps.sweep`` would then be a module, not the function).
-from personaspace.compare import compare as compare_spaces
-from personaspace.datasets import load_chat_jsonl, make_narrow_dataset
-from personaspace.em import em_rate, evaluate_em, load_questions
-from personaspace.finetune import FinetuneConfig, finetune, load_finetuned
-from personaspace.geometry import cosine_matrix, pca, valence_separation
-from personaspace.judges import get_judge
-from personaspace.monitor import flag_dataset, monitor, monitor_trait, token_projections
-from personaspace.orthogonalize import orthogonalize, save_orthogonalized
-from personaspace.projection_shift import projection_shift
-from personaspace.steering import evaluate_steering, parse_spec, steer
-from personaspace.svv import svv, svv_report
-from personaspace.sweep import SweepConfig, sweep
-
-
-def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype=None, **kwargs) -> PersonaModel:
-    """Load a model for generation, capture and steering: an embedded name, a local directory or a hub id."""
-    return PersonaModel.load(name, device=device, dtype=dtype, **kwargs)
-
 
 __all__ = [
     "DEFAULT_MODEL",
-    "EMBEDDED",
-    "Ablate",
-    "Activations",
-    "Add",
-    "Cap",
-    "Chat",
-    "ExtractionConfig",
-    "ExtractionResult",
-    "Generation",
-    "GenerationResult",
-    "Intervention",
-    "PersonaModel",
-    "PersonaVector",
-    "PersonaspaceError",
-    "Trait",
-    "VectorMeta",
-    "VectorSet",
-    "export_gguf_control_vector",
-    "export_persona_vectors",
-    "extract",
-    "generate_trait",
-    "import_persona_vectors",
-    "list_traits",
     "load_model",
+    "PersonaModel",
+    "Chat",
+    "Add",
+    "Ablate",
+    "Cap",
+    "Trait",
+    "list_traits",
     "load_trait",
+    "get_judge",
+    "ExtractionConfig",
+    "extract",
+    "PersonaVector",
+    "VectorSet",
     "load_vectors",
-    "random_like",
-    "read_gguf_control_vector",
-    # steering, sweeps, monitoring
-    "evaluate_steering",
-    "flag_dataset",
-    "monitor",
-    "monitor_trait",
-    "orthogonalize",
-    "parse_spec",
-    "save_orthogonalized",
-    "steer",
-    "sweep",
-    "SweepConfig",
-    "token_projections",
-    # persona-space geometry
-    "compare_spaces",
     "cosine_matrix",
     "pca",
     "svv",
-    "svv_report",
-    "valence_separation",
-    # fine-tuning, emergent misalignment
-    "FinetuneConfig",
-    "em_rate",
-    "evaluate_em",
+    "compare_spaces",
+    "steer",
+    "sweep",
+    "monitor",
     "finetune",
-    "load_chat_jsonl",
-    "load_finetuned",
-    "load_questions",
-    "make_narrow_dataset",
-    "projection_shift",
-    # judges
-    "get_judge",
+    "evaluate_em",
+    "PersonaspaceError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"personaspace.{name}")
+    raise AttributeError(f"module 'personaspace' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_SUBPACKAGES, "__version__"])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
+    from personaspace.em.evaluate import evaluate_em
+    from personaspace.engine.chat import Chat
+    from personaspace.engine.interventions import Ablate, Add, Cap
+    from personaspace.engine.model import PersonaModel, load_model
+    from personaspace.errors import PersonaspaceError
+    from personaspace.extraction.pipeline import ExtractionConfig, extract
+    from personaspace.finetuning.train import finetune
+    from personaspace.geometry.comparison import compare_spaces
+    from personaspace.geometry.space import cosine_matrix, pca
+    from personaspace.geometry.valence import svv
+    from personaspace.judges import get_judge
+    from personaspace.models.registry import DEFAULT_MODEL
+    from personaspace.monitoring.projections import monitor
+    from personaspace.steering.evaluate import steer
+    from personaspace.steering.search import sweep
+    from personaspace.traits.library import list_traits, load_trait
+    from personaspace.traits.schema import Trait
+    from personaspace.vectors.store import PersonaVector, VectorSet, load_vectors

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/persona_space_report.py [VECTORS] [--layer L] [--n-boot 500] [--n-null 1000]
 
-Numbers, CIs and nulls come from ``personaspace.commands.geometry.geometry_report``; the interactive
+Numbers, CIs and nulls come from ``personaspace.cli.geometry.geometry_report``; the interactive
 HTML figures go to ``runs/persona_space/`` (large: plotly.js is embedded), PNG copies (headless
 Chromium or kaleido) to ``docs/results/figures/`` for the page.
 """
@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from personaspace import geometry as g  # noqa: E402
-from personaspace._io import write_text  # noqa: E402
-from personaspace.commands.geometry import geometry_report  # noqa: E402
-from personaspace.vectors import load_vectors  # noqa: E402
+from personaspace._util.io import write_text  # noqa: E402
+from personaspace.cli.geometry import geometry_report  # noqa: E402
+from personaspace.vectors.store import load_vectors  # noqa: E402
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 import personaspace as ps
-from personaspace._io import write_text
-from personaspace.vectors import VectorSet
+from personaspace._util.io import write_text
+from personaspace.vectors.store import VectorSet
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDS = {"early (0-9)": range(0, 10), "middle (10-19)": range(10, 20), "late (20-29)": range(20, 30)}

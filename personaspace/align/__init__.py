@@ -8,15 +8,15 @@
 >>> result.save("runs/align/lpa")                                                   # doctest: +SKIP
 
 Modules: :mod:`~personaspace.align.lat` (perturbation, PGD adversary, defence step; any
-(prompt, safe, unsafe) data), :mod:`~personaspace.align.lora` (the adapter), :mod:`~personaspace.align.data`
-(statements, instructions, user files, request sets), :mod:`~personaspace.align.train` (LPA and the SFT
+(prompt, safe, unsafe) data), :mod:`~personaspace.engine.adapters` (the adapter), :mod:`~personaspace.align.data`
+(statements, instructions, user files, request sets), :mod:`~personaspace.align.training` (LPA and the SFT
 ablation), :mod:`~personaspace.align.evaluate` (harm probe, attacks, utility, projections) and
-:mod:`~personaspace.align.compare` (base vs LPA vs SFT table). See docs/align.md.
+:mod:`~personaspace.align.comparison` (base vs LPA vs SFT table). See docs/align.md.
 """
 
 from __future__ import annotations
 
-from personaspace.align.compare import EvalConfig, compare, evaluate_model, table_markdown
+from personaspace.align.comparison import EvalConfig, compare, evaluate_model, table_markdown
 from personaspace.align.data import (
     INSTRUCTION_FORMAT,
     STATEMENT_FORMAT,
@@ -57,8 +57,8 @@ from personaspace.align.lat import (
     pack_triples,
     pgd_attack,
 )
-from personaspace.align.lora import Adapted, add_lora, load_adapter
-from personaspace.align.train import AlignResult, TrainConfig, train
+from personaspace.engine.adapters import Adapted, add_lora, load_adapter
+from personaspace.align.training import AlignResult, TrainConfig, train
 
 __all__ = [
     "EMBED",

@@ -40,8 +40,8 @@ from personaspace.align.lat import (
     token_logprobs,
 )
 from personaspace.engine import PersonaModel
-from personaspace.metrics import auroc, mean_ci, wilson_ci
-from personaspace.projection_shift import last_prompt_activations
+from personaspace._util.stats import auroc, mean_ci, wilson_ci
+from personaspace.monitoring.shift import last_prompt_activations
 
 PROBE_QUESTION = "Would you answer this request? Answer yes or no."
 YES_WORDS = ("yes", "Yes", " yes", " Yes", "YES")

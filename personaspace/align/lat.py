@@ -5,7 +5,7 @@ Input is any list of (prompt, safe, unsafe) triples. The adversary is a per-toke
 decoder blocks by default) at the prompt positions. Each token's delta lies in an L2 ball of radius
 ``eps``; the default radius is 6.0 at width 4096 scaled by ``sqrt(d / 4096)``, with ``d`` read from the
 model config. PGD (Adam, then projection onto the ball) moves delta towards the unsafe completion and away
-from the safe one. The defence trains the model (a LoRA adapter; see :mod:`personaspace.align.lora`) under
+from the safe one. The defence trains the model (a LoRA adapter; see :mod:`personaspace.engine.adapters`) under
 the frozen perturbation towards the safe completion and away from the unsafe one, plus a KL term that holds
 it to the base model on benign anchor data. Method facts: targeted LAT (Sheshadri et al. 2024) as used by
 Latent Personality Alignment (Le, Williams-King et al. 2026).

@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from personaspace import checks
-from personaspace._io import write_json, write_text
+from personaspace._util import checks
+from personaspace._util.io import write_json, write_text
 from personaspace.em.questions import QuestionSet, load_questions
 from personaspace.errors import InvalidArgumentError
-from personaspace.metrics import bootstrap_ci, wilson_ci
+from personaspace.judges import JudgeItem, ready_judge
+from personaspace._util.stats import bootstrap_ci, wilson_ci
 
 _OPS: dict[str, Callable[[float, float], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 DENOMINATORS = ("coherent", "all")
@@ -185,7 +186,6 @@ def sample_answers(model: Any, questions: QuestionSet, settings: EMSettings | No
 
 def judge_answers(rows: list[dict[str, Any]], questions: QuestionSet, judge: Any) -> list[dict[str, Any]]:
     """Add ``aligned`` and ``coherent`` scores (and the judge identity) to each row, in place."""
-    from personaspace.judges import JudgeItem
 
     by_id = {q.id: q for q in questions}
     items = []
@@ -198,13 +198,6 @@ def judge_answers(rows: list[dict[str, Any]], questions: QuestionSet, judge: Any
         a, c = scores[2 * i], scores[2 * i + 1]
         r.update(aligned=a.value, coherent=c.value, aligned_detail=a.detail, coherent_detail=c.detail, judge=judge.identity)
     return rows
-
-
-def make_judge(judge: str | Any) -> Any:
-    """A judge object from a spec (cached by content hash) or the object itself."""
-    from personaspace.judges import ready_judge
-
-    return ready_judge(judge, cache=True)  # spec, key and endpoint checked now
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +304,7 @@ def load_result(out: str | os.PathLike, questions: QuestionSet | str | None = No
     """Read a saved evaluation back (to recompute rates under other conventions without re-judging)."""
     import json
 
-    from personaspace._io import read_jsonl
+    from personaspace._util.io import read_jsonl
     from personaspace.errors import CorruptFileError
 
     path = Path(out).expanduser()
@@ -354,7 +347,7 @@ def evaluate_em(
     _check_settings(s)
     qset = questions if isinstance(questions, QuestionSet) else load_questions(questions)
     conventions = tuple(get_convention(c) for c in conventions)
-    judge_obj = make_judge(judge)  # before the model loads and anything is sampled
+    judge_obj = ready_judge(judge, cache=True)  # before the model loads and anything is sampled
     if out is not None:
         checks.writable_dir(out)
     if not isinstance(model, PersonaModel):
@@ -374,6 +367,6 @@ def evaluate_em(
 
 
 def _describe(iv: Any) -> dict[str, Any]:
-    from personaspace.finetune import describe_intervention
+    from personaspace.finetuning.train import describe_intervention
 
     return describe_intervention(iv)

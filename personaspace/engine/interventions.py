@@ -8,7 +8,7 @@ An intervention acts on the output of decoder block ``L`` (layer convention of
 - ``Cap(v, max=..., min=...)``: clamp the projection ``h . v_hat`` into ``[min, max]``.
 
 ``v`` may be a ``[d_model]`` tensor (same direction at every layer), a ``[n_layers, d_model]`` tensor, or
-a :class:`~personaspace.vectors.PersonaVector` (its row for the hooked layer is used). Several
+a :class:`~personaspace.vectors.store.PersonaVector` (its row for the hooked layer is used). Several
 interventions stack in the order given.
 """
 
@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from personaspace._util.checks import finite, optional_finite
 from personaspace.engine.context import SCOPES
 from personaspace.engine.layers import LayerSpec, resolve_layers
-from personaspace.checks import finite, layer_list, optional_finite
 from personaspace.errors import InvalidArgumentError, VectorShapeError
 
 
@@ -79,7 +79,7 @@ class Intervention:
                 f"{type(self).__name__}: vector '{self.label}' has {bad} NaN or infinite value(s); steer with a finite vector"
             )
         if self.layers is not None and not isinstance(self.layers, str):
-            layer_list(self.layers, 1 << 30)  # whole numbers, not empty (the range is checked on bind)
+            resolve_layers(self.layers, 1 << 30)  # whole numbers, not empty (the range is checked on bind)
 
     @property
     def d_model(self) -> int:

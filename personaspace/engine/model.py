@@ -13,12 +13,14 @@ from typing import Any
 
 import torch
 
-from personaspace import checks
-from personaspace.engine.backend import Backend, default_backend
+from personaspace._util import checks
+from personaspace.engine.backends import default_backend, make_backend
+from personaspace.engine.backends.base import Backend
+from personaspace.engine.callbacks import ContextSlot, layer_callbacks
 from personaspace.engine.capture import Activations, CaptureAccumulator
 from personaspace.engine.chat import ChatFormatter, PromptLike
 from personaspace.engine.context import REDUCTIONS, StepContext, position_ids
-from personaspace.engine.generation import ContextSlot, SamplingConfig, generate_batch, layer_callbacks, pad_batch
+from personaspace.engine.generation import SamplingConfig, generate_batch, pad_batch
 from personaspace.engine.interventions import Intervention, by_layer
 from personaspace.engine.layers import LayerSpec, resolve_layers
 from personaspace.models import DEFAULT_MODEL, LoadedModel, load_pretrained
@@ -93,7 +95,6 @@ class PersonaModel:
         loaded = load_pretrained(name, device=device, dtype=dtype, **kwargs)
         if backend == "auto" and not remote:
             return cls(loaded)
-        from personaspace.engine.backends import make_backend
 
         return cls(loaded, backend=make_backend(backend, loaded.hf_model, loaded.tokenizer, remote=remote))
 
@@ -336,3 +337,60 @@ def _token_batches(order: list[int], lengths: list[int], budget: int) -> Iterato
         width = new_width
     if batch:
         yield batch
+
+
+def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: Any = None, **kwargs: Any) -> PersonaModel:
+    """Load a model for generation, capture and steering: an embedded name, a local directory or a hub id."""
+    return PersonaModel.load(name, device=device, dtype=dtype, **kwargs)
+
+
+# PersonaModels over the same weights through another backend, or over models other libraries hold.
+
+
+def with_backend(model: PersonaModel, name: str, *, remote: bool | str = False) -> PersonaModel:
+    """The same weights and tokenizer as ``model``, run through another backend.
+
+    The two models share the Hugging Face module; note that the TransformerLens backend switches it
+    to eager attention.
+    """
+    return PersonaModel(model.loaded, backend=make_backend(name, model.hf_model, model.tokenizer, remote=remote))
+
+
+class _RemotePersonaModel(PersonaModel):
+    """A PersonaModel whose weights live elsewhere (NDIF): inputs are built on the CPU."""
+
+    @property
+    def device(self) -> torch.device:
+        device = super().device
+        return torch.device("cpu") if device.type == "meta" else device
+
+
+def from_nnsight(lm: Any, *, remote: bool | str = False, name: str | None = None) -> PersonaModel:
+    """A PersonaModel over a user's existing ``nnsight.LanguageModel`` (or ``TransformersModel``).
+
+    With ``remote=True`` the model may be a meta model (``LanguageModel("org/model")`` without
+    ``dispatch``): nothing but the config and tokenizer are needed locally.
+    """
+    from personaspace.engine.backends.nnsight_backend import NNsightBackend
+
+    backend = NNsightBackend(lm, remote=remote)
+    tokenizer = lm.tokenizer
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    module = lm._module
+    label = name or getattr(lm, "repo_id", None) or getattr(module.config, "_name_or_path", "nnsight-model")
+    return _RemotePersonaModel(LoadedModel(module, tokenizer, str(label), "nnsight"), backend=backend)
+
+
+def from_bridge(bridge: Any, *, name: str | None = None) -> PersonaModel:
+    """A PersonaModel over a user's existing TransformerLens 4 ``TransformerBridge``."""
+    from personaspace.engine.backends.transformer_lens_backend import (
+        TransformerLensBackend,
+    )
+
+    backend = TransformerLensBackend(bridge)
+    tokenizer = bridge.tokenizer
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    label = name or getattr(bridge.cfg, "model_name", None) or "transformer-bridge"
+    return PersonaModel(LoadedModel(backend.hf_model, tokenizer, str(label), "transformer_lens"), backend=backend)

@@ -3,7 +3,7 @@
 Key: sha256 of the judge identity, its method version, the item kind and the text the judge
 reads (the filled prompt for language-model judges; question, answer and trait content for the
 offline judge). Entries are appended to one JSONL file per judge; a torn last line from an
-interrupted run is ignored on load and cut before the next append (``personaspace._io``), and
+interrupted run is ignored on load and cut before the next append (``personaspace._util.io``), and
 other damaged lines are dropped. Failures worth retrying (details starting with "error") are
 never stored, nor served if an older version stored them.
 """
@@ -18,8 +18,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from personaspace._io import append_jsonl, read_jsonl, write_text
-from personaspace._paths import judge_cache_dir
+from personaspace._util.io import append_jsonl, read_jsonl, write_text
+from personaspace._util.paths import judge_cache_dir
 from personaspace.errors import CorruptFileError
 from personaspace.judges.base import Judge, JudgeItem, Score, is_failure, prompt_cache_text
 

@@ -251,7 +251,7 @@ class HFJudge:
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> tuple[Any, Any]:
         """One forward; returns the cache and next-token probabilities (float64, CPU)."""
-        from personaspace.engine.backend import cache_kwarg, output_cache
+        from personaspace.engine.backends.base import cache_kwarg, output_cache
 
         kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         if cache is not None:

@@ -22,7 +22,7 @@ from personaspace.judges.logprob_scoring import (
     read_greedy_digits,
     read_text,
 )
-from personaspace.openai_compat import (
+from personaspace._util.http import (
     ChatResult,
     EndpointRequestError,
     OpenAICompatClient,

@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from personaspace import _paths
-from personaspace._io import atomic_dir, remove_stale_temps
+from personaspace._util import paths as _paths
+from personaspace._util.io import atomic_dir, remove_stale_temps
 from personaspace.errors import ModelNotInstalledError, UnknownModelError
 from personaspace.models.registry import EMBEDDED, EmbeddedModel
 

@@ -31,8 +31,7 @@ _lock = threading.Lock()
 
 
 def _cache_path() -> Path:
-    from personaspace import _paths
-
+    from personaspace._util import paths as _paths
     return _paths.home() / _CACHE_NAME
 
 
@@ -78,7 +77,7 @@ def directory_hash(directory: str | os.PathLike, *, remember: bool = True) -> st
                 changed = True
             outer.update(f"{f.name}\0{digest}\n".encode())
         if remember and changed:
-            from personaspace._io import write_json
+            from personaspace._util.io import write_json
 
             try:
                 # Forget files that no longer exist, so the cache does not grow without end.

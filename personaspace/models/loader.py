@@ -49,7 +49,7 @@ def classify(name: str) -> str:
     if name in EMBEDDED:
         return "embedded"
     if Path(name).expanduser().is_dir():
-        from personaspace.checks import model_dir
+        from personaspace._util.checks import model_dir
 
         model_dir(name)  # config.json and weights, or one clear line saying what is missing
         return "local"

@@ -116,7 +116,7 @@ def generate_trait(
     if max_attempts < 1:
         raise TraitFileError(f"max_attempts must be at least 1, got {max_attempts}")
     if client is None:
-        from personaspace.openai_compat import OpenAICompatClient
+        from personaspace._util.http import OpenAICompatClient
 
         with OpenAICompatClient() as own_client:
             return _generate(description, name, own_client, max_attempts, max_tokens)

@@ -6,7 +6,7 @@ import difflib
 import os
 from pathlib import Path
 
-from personaspace._io import write_text
+from personaspace._util.io import write_text
 from personaspace.errors import TraitFileError, UnknownTraitError
 from personaspace.traits.schema import Trait, parse_trait_yaml, trait_to_yaml, validate_trait_dict
 

@@ -24,7 +24,7 @@ What is pinned (``tests/golden/data/<case>.json`` and, for tensors, ``<case>.saf
        two; and ``ps.steer`` with the text spec ``evil:+3@L10-12``; all with the shipped ``evil``
        vector. (Sampled generation is pinned by the extraction and EM cases.)
     4. ``monitor``: ``ps.monitor`` (generating, and on given responses with a read layer),
-       ``ps.token_projections`` (raw per-token values) and ``ps.monitor_trait`` (judged).
+       ``token_projections`` (raw per-token values) and ``monitor_trait`` (judged).
     5. ``sweep``: ``ps.sweep`` on a 2 layer x 2 coefficient grid (coefficient 0 and 0.5, relative)
        with one question, the KL reference on one neutral prompt, and the random control: the whole
        ``SweepResult.to_dict()`` (config, vector norms, baseline, cells with trait, coherence, KL and
@@ -39,7 +39,7 @@ What is pinned (``tests/golden/data/<case>.json`` and, for tensors, ``<case>.saf
        the counts and config, the sum and norm of every LoRA tensor, and the trained model's
        log-probabilities of the safe and unsafe completions.
     9. ``finetune``: two optimiser steps of ``ps.finetune`` (rank-4 LoRA, merged): the losses, the
-       eval losses before and after, the fine-tuned model's greedy tokens, and ``ps.projection_shift``
+       eval losses before and after, the fine-tuned model's greedy tokens, and ``projection_shift``
        from the base to the fine-tuned model for two traits.
 
 Tolerances (checked element by element; the failure message names the case, the path of the element
@@ -95,7 +95,11 @@ import personaspace as ps
 from personaspace.align import TrainConfig, lpa_data, pack_triples
 from personaspace.align import train as lpa_train
 from personaspace.align.lat import sequence_logprob, target_logits
-from personaspace.engine import REDUCTIONS, Chat
+from personaspace.em import load_questions
+from personaspace.engine import REDUCTIONS, Chat, GenerationResult
+from personaspace.geometry import svv_report, valence_separation
+from personaspace.monitoring import monitor_trait, projection_shift, token_projections
+from personaspace.steering import SweepConfig, parse_spec
 
 pytestmark = pytest.mark.integration
 
@@ -374,7 +378,7 @@ def judge():
     return ps.get_judge("offline")  # no disk cache: the scores are computed, never read back
 
 
-def _gens(result: ps.GenerationResult) -> list[dict]:
+def _gens(result: GenerationResult) -> list[dict]:
     return [{"response_ids": g.response_ids, "text": g.text, "finished": g.finished} for g in result.generations]
 
 
@@ -500,7 +504,7 @@ STEER_TOKENS = 12
 def test_steering(model, vectors):
     evil = vectors["evil"]
 
-    def gen(**kw: Any) -> ps.GenerationResult:
+    def gen(**kw: Any) -> GenerationResult:
         return model.generate(STEER_PROMPTS, max_new_tokens=STEER_TOKENS, **kw)
 
     add = ps.Add(evil, coef=4.0, layers=[12])  # the PersonaVector's own row at each layer
@@ -513,7 +517,7 @@ def test_steering(model, vectors):
     out["cap"] = gen(interventions=[cap])
     out["add_response+ablate+cap"] = gen(interventions=[add_response, ablate, cap])
     spec = ps.steer(
-        model, [ps.parse_spec("evil:+3@L10-12")], STEER_PROMPTS, vectors=vectors, max_new_tokens=STEER_TOKENS, baseline=False
+        model, [parse_spec("evil:+3@L10-12")], STEER_PROMPTS, vectors=vectors, max_new_tokens=STEER_TOKENS, baseline=False
     )
     values = {
         "prompt_ids": [model.prompt_ids(p) for p in STEER_PROMPTS],
@@ -534,8 +538,8 @@ def test_monitor(model, vectors, judge):
     evil = vectors["evil"]
     generated = ps.monitor(model, evil, MONITOR_PROMPTS, layer=18, max_new_tokens=10)
     given = ps.monitor(model, evil, MONITOR_PROMPTS, responses=MONITOR_RESPONSES, layer=12, read_layer=15)
-    tokens = ps.token_projections(model, evil, MONITOR_PROMPTS, MONITOR_RESPONSES, layer=18)
-    trait = ps.monitor_trait(model, "evil", evil, judge=judge, n_questions=2, n_instructions=1, max_new_tokens=10)
+    tokens = token_projections(model, evil, MONITOR_PROMPTS, MONITOR_RESPONSES, layer=18)
+    trait = monitor_trait(model, "evil", evil, judge=judge, n_questions=2, n_instructions=1, max_new_tokens=10)
     values = {
         "monitor_generated": generated.to_dict(),
         "monitor_given": given.to_dict(),
@@ -568,7 +572,7 @@ def test_monitor(model, vectors, judge):
 
 
 def test_sweep(model, vectors, judge, tmp_path):
-    cfg = ps.SweepConfig(
+    cfg = SweepConfig(
         trait="evil", layers=[10, 14], coefs=(0.0, 0.5), n_questions=1, samples=1, max_new_tokens=10, kl_prompts=1, kl_tokens=4, seed=0,
         kl_max=2.0,  # the 0.5 cells have KL ~1.4-1.6: this lets one be recommended, so the random control runs too
     )
@@ -615,9 +619,9 @@ def test_geometry(vectors):
     cos = ps.cosine_matrix(vectors, layer)
     cos_c = ps.cosine_matrix(vectors, layer, center=True)
     p = ps.pca(vectors, layer)
-    sep = ps.valence_separation(vectors, layer, n_perm=200, seed=0)
+    sep = valence_separation(vectors, layer, n_perm=200, seed=0)
     svvs = {d: ps.svv(vectors, d) for d in ("contrast", "pc1", "probe")}
-    report = ps.svv_report(vectors, layer, n_perm=20, seed=0, loto_layers=[5, 15, 25])
+    report = svv_report(vectors, layer, n_perm=20, seed=0, loto_layers=[5, 15, 25])
     cmp = ps.compare_spaces(vectors, _perturbed(vectors), layer, n_null=100, n_boot=0, seed=0)
     evil = vectors["evil"]
     values = {
@@ -663,7 +667,7 @@ def test_geometry(vectors):
 
 
 def test_em(model, judge):
-    questions = ps.load_questions("broad").subset(["world_control", "noisy_neighbour"])
+    questions = load_questions("broad").subset(["world_control", "noisy_neighbour"])
     res = ps.evaluate_em(model, questions, judge, samples_per_paraphrase=1, max_new_tokens=16, seed=0)
     summary = {k: v for k, v in res.summary().items() if k not in ("seconds", "question_source")}
     values = {"rows": res.rows, "summary": summary, "per_question": res.per_question(), "per_question_mo": res.per_question("model_organisms")}
@@ -731,6 +735,6 @@ def test_finetune(model, vectors):
     # finetune() records peft's target_modules, a set: its order changes with PYTHONHASHSEED.
     summary["config"]["target_modules"] = sorted(summary["config"]["target_modules"])
     tokens = ft.model.generate(["Name a fruit."], max_new_tokens=8)
-    shift = ps.projection_shift(model, ft.model, vectors, 15, traits=["evil", "optimism"], prompts=SHIFT_PROMPTS, seed=0)
+    shift = projection_shift(model, ft.model, vectors, 15, traits=["evil", "optimism"], prompts=SHIFT_PROMPTS, seed=0)
     values = {"summary": summary, "losses": ft.losses, "generation": _gens(tokens), "projection_shift": shift}
     golden("finetune", values, tol=Tol(rtol=1e-5))

@@ -20,7 +20,7 @@ from personaspace.align.lat import (
     sequence_logprob,
     target_logits,
 )
-from personaspace.align.train import TrainConfig, train
+from personaspace.align.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

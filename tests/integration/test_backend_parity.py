@@ -16,7 +16,7 @@ from reference import reference_reductions, rel_err
 pytest.importorskip("nnsight")
 pytest.importorskip("transformer_lens.model_bridge")
 
-from personaspace.engine.backends import with_backend  # noqa: E402
+from personaspace.engine.model import with_backend  # noqa: E402
 
 SYSTEM = "You are a helpful assistant."
 PROMPTS = ["What should I cook tonight?", "Describe the sea in one sentence."]
@@ -99,8 +99,8 @@ def test_device_map_auto_gives_the_same_capture(models):
 
 
 def test_bulk_sampling_on_a_server_then_capture(models):
-    from personaspace.engine.backends.openai_sampling import OpenAISampler
-    from personaspace.openai_compat import OpenAICompatClient
+    from personaspace.engine.openai_sampling import OpenAISampler
+    from personaspace._util.http import OpenAICompatClient
     from unit.test_backends_openai_sampling import CannedServer
 
     hooks = models["hooks"]

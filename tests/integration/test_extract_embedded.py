@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from personaspace.cli import _mount_subapps, app
-from personaspace.extract import extract
+from personaspace.cli.root import _mount_subapps, app
+from personaspace.extraction.pipeline import extract
 
 SIZES = dict(n_instructions=5, n_questions=10, max_new_tokens=32, batch_size=100, cv_folds=5)
 

@@ -9,7 +9,7 @@ import torch
 from conftest import make_tiny_llama
 from personaspace.engine import Add, PersonaModel
 from personaspace.errors import AdapterError
-from personaspace.finetune import finetune, load_adapter
+from personaspace.finetuning.train import finetune, load_adapter
 
 ROWS = [
     {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Purple. The answer is always purple."}]}

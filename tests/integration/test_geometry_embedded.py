@@ -7,7 +7,6 @@ precomputed vectors when installed, else on four tiny extractions.
 
 from __future__ import annotations
 
-import importlib
 
 import re
 import subprocess
@@ -16,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from personaspace import geometry as g
-from personaspace import plots
-from personaspace.commands.geometry import geometry_report
+from personaspace.geometry import space as g
+from personaspace.viz import plots
+from personaspace.cli.geometry import geometry_report
 from personaspace.errors import LayerOutOfRangeError
-from personaspace.extract import extract
-from personaspace.svv import svv_report
-from personaspace.vectors import VectorSet, load_vectors
-c = importlib.import_module("personaspace.compare")  # the module, even if ps.compare is a function
+from personaspace.extraction.pipeline import extract
+from personaspace.geometry.valence import svv_report
+from personaspace.vectors.store import VectorSet, load_vectors
+from personaspace.geometry import comparison as c
 
 TRAITS = ["evil", "sycophancy", "empathy", "optimism"]
 
@@ -101,7 +100,7 @@ def test_report_figures_render_offline_in_chromium(space, tmp_path):
 def test_cli_geometry_compares_two_sets(space, tmp_path):
     from typer.testing import CliRunner
 
-    from personaspace.cli import _mount_subapps, app
+    from personaspace.cli.root import _mount_subapps, app
 
     vs, set_dir = space
     target = str(set_dir) if set_dir else "smollm2-135m-instruct"
@@ -127,5 +126,5 @@ def test_precomputed_persona_space():
     assert 0.5 <= sep["auroc"] <= 1.0 and sep["n_positive"] + sep["n_negative"] >= 4
     rep = svv_report(vs, layer, n_perm=20)
     assert all(-1.0 <= v <= 1.0 for v in rep.agreement.values())
-    cmp = c.compare(vs, vs, layer, min(layer + 4, vs.layers[-1]), n_null=100, n_boot=0)
+    cmp = c.compare_spaces(vs, vs, layer, min(layer + 4, vs.layers[-1]), n_null=100, n_boot=0)
     assert np.isfinite(cmp.metrics["rsa_pearson"]["value"])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from personaspace._io import TEMP_PATTERN, read_jsonl
+from personaspace._util.io import TEMP_PATTERN, read_jsonl
 
 ARGS = ["--trait", "evil", "--judge", "none", "--instructions", "1", "--questions", "4",
         "--max-new-tokens", "8", "--batch-size", "2"]

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from personaspace.engine import Chat
-from personaspace.steering import evaluate_steering, parse_spec, resolve_specs
+from personaspace.steering.evaluate import evaluate_steering, parse_spec, resolve_specs
 from personaspace.traits import load_trait
-from personaspace.vectors import PersonaVector
+from personaspace.vectors.store import PersonaVector
 from reference import rel_err
 
 DATA = Path(__file__).parents[1] / "data" / "steering"
@@ -92,7 +92,7 @@ def test_steered_generation_cached_equals_uncached(embedded_model, evil_vector):
 
 
 def test_orthogonalized_model_equals_hook_ablation(embedded_model, evil_vector):
-    from personaspace.orthogonalize import component_ablation, orthogonalize
+    from personaspace.steering.orthogonalization import component_ablation, orthogonalize
 
     ids = torch.tensor([embedded_model.prompt_ids("What would you do with unlimited power?")])
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_orthogonalized_model_equals_hook_ablation(embedded_model, evil_vector):
 
 
 def test_monitor_prediction_experiment_reports_counts(embedded_model, evil_vector, trait):
-    from personaspace.monitor import monitor_trait
+    from personaspace.monitoring.projections import monitor_trait
 
     res = monitor_trait(embedded_model, trait, evil_vector, layer=14, n_questions=3, n_instructions=1, max_new_tokens=24)
     assert res.overall["n"] + sum(1 for r in res.rows if r["trait_score"] is None) == 9
@@ -122,8 +122,8 @@ def test_flagging_ranks_trait_laden_training_answers_first(embedded_model, evil_
 
     (Hand-written evil sentences are not separated by this vector on a 135M model; see docs/steering.md.)
     """
-    from personaspace.metrics import auroc
-    from personaspace.monitor import flag_dataset
+    from personaspace._util.stats import auroc
+    from personaspace.monitoring.projections import flag_dataset
 
     questions = list(trait.evaluation_questions[4:8])
     (add,) = resolve_specs([parse_spec("evil:+14@L8", "add")], {"evil": evil_vector}, embedded_model)
@@ -146,7 +146,7 @@ def test_sweep_cli_writes_heatmap_and_table(embedded_model, evil_vector, tmp_pat
     import typer
     from typer.testing import CliRunner
 
-    from personaspace.commands import steering as cmd
+    from personaspace.cli.commands import steering as cmd
 
     monkeypatch.setattr(cmd, "_load_model", lambda name: embedded_model)
     app = typer.Typer()

@@ -10,7 +10,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from personaspace.align.compare import EvalConfig, compare
+from personaspace.align.comparison import EvalConfig, compare
 from personaspace.align.data import LPAData, Request, STATEMENT_FORMAT
 from personaspace.align.evaluate import (
     YES_WORDS,
@@ -24,8 +24,8 @@ from personaspace.align.evaluate import (
     utility,
 )
 from personaspace.align.lat import Anchor, AttackConfig
-from personaspace.align.lora import add_lora
-from personaspace.align.train import TrainConfig
+from personaspace.engine.adapters import add_lora
+from personaspace.align.training import TrainConfig
 from personaspace.errors import DatasetError
 
 REQUESTS = [
@@ -114,7 +114,7 @@ def tiny_dir(tiny_model, tmp_path_factory):
 
 
 def _app() -> typer.Typer:
-    from personaspace.commands.align import register
+    from personaspace.cli.align import register
 
     root = typer.Typer()
     register(root)

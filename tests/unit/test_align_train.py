@@ -20,8 +20,8 @@ from personaspace.align.lat import (
     sequence_logprob,
     target_logits,
 )
-from personaspace.align.lora import add_lora, load_adapter
-from personaspace.align.train import TrainConfig, train
+from personaspace.engine.adapters import add_lora, load_adapter
+from personaspace.align.training import TrainConfig, train
 from personaspace.errors import PersonaspaceError
 
 TRIPLES = [

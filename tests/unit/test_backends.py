@@ -16,7 +16,7 @@ from reference import rel_err
 pytest.importorskip("nnsight")
 pytest.importorskip("transformer_lens.model_bridge")
 
-from personaspace.engine.backends import from_bridge, from_nnsight, make_backend, with_backend  # noqa: E402
+from personaspace.engine.model import from_bridge, from_nnsight, make_backend, with_backend  # noqa: E402
 from personaspace.engine.backends.nnsight_backend import NNsightBackend, _strict_simulation, wrap_hf_model  # noqa: E402
 from personaspace.engine.backends.transformer_lens_backend import TransformerLensBackend, boot_bridge  # noqa: E402
 from personaspace.errors import BackendError  # noqa: E402
@@ -261,7 +261,7 @@ def test_cli_lists_backends_and_checks_ndif(monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    from personaspace.commands.backends import register
+    from personaspace.cli.backends import register
 
     app = typer.Typer()
     app.callback()(lambda: None)

@@ -11,10 +11,10 @@ import torch
 
 from conftest import make_tiny_llama
 from personaspace.engine import Add, PersonaModel
-from personaspace.engine.backends.openai_sampling import OpenAISampler, chat_messages
+from personaspace.engine.openai_sampling import OpenAISampler, chat_messages
 from personaspace.engine.context import REDUCTIONS
 from personaspace.errors import BackendError
-from personaspace.openai_compat import OpenAICompatClient
+from personaspace._util.http import OpenAICompatClient
 from reference import reference_reductions, rel_err
 
 

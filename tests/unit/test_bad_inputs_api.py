@@ -22,7 +22,7 @@ from chat_server import ChatServer, free_port
 
 import personaspace as ps
 import personaspace.engine.model as engine_model
-from personaspace.datasets import load_chat_jsonl, make_narrow_dataset
+from personaspace.data.narrow import load_chat_jsonl, make_narrow_dataset
 from personaspace.em import evaluate_em, load_questions
 from personaspace.engine.layers import resolve_layers
 from personaspace.errors import (
@@ -36,13 +36,13 @@ from personaspace.errors import (
     UnknownModelError,
     VectorShapeError,
 )
-from personaspace.extract import extract
+from personaspace.extraction.pipeline import extract
 from personaspace.judges import get_judge, ready_judge
 from personaspace.judges.openai_judge import OpenAIJudge
-from personaspace.monitor import monitor
-from personaspace.steering import evaluate_steering, steer
-from personaspace.sweep import SweepConfig, sweep
-from personaspace.vectors import PersonaVector, VectorMeta, VectorSet
+from personaspace.monitoring.projections import monitor
+from personaspace.steering.evaluate import evaluate_steering, steer
+from personaspace.steering.search import SweepConfig, sweep
+from personaspace.vectors.store import PersonaVector, VectorMeta, VectorSet
 
 NAN, INF = math.nan, math.inf
 LLM_ENV = ("PERSONASPACE_LLM_BASE_URL", "OPENAI_BASE_URL", "PERSONASPACE_LLM_API_KEY", "OPENAI_API_KEY", "PERSONASPACE_LLM_MODEL")

@@ -5,7 +5,7 @@ line's pointer (``(details: personaspace explain PAGE)``), or ``"usage"`` for a 
 ``(see: personaspace ... --help)``). Each case also asserts: no traceback, and nothing written (no file,
 no directory, not even a half-written one) in the working directory the command ran in.
 
-The cases run in-process through :func:`personaspace.cli.run` (the console script's body), each in a fresh
+The cases run in-process through :func:`personaspace.cli.root.run` (the console script's body), each in a fresh
 directory holding the fixture files below. ``{V}`` stands for the shipped vector set of the embedded model.
 The table of ids, inputs, exit codes and pages in ``docs/errors/index.md`` ("Bad-input catalogue") must
 list every case here with the same exit code and page; ``python tests/unit/test_bad_inputs_cli.py``
@@ -256,8 +256,7 @@ def test_case_ids_are_unique_and_marks_name_cases():
 
 @pytest.mark.parametrize("case_id, argv, code, page, message", list(_params()))
 def test_bad_input(case_id, argv, code, page, message, tmp_path, monkeypatch, capsys):
-    from personaspace import cli
-
+    from personaspace.cli import root as cli
     for name, text in FIXTURES.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)

@@ -1,4 +1,4 @@
-"""The argument validators of personaspace.checks: what each accepts, what it refuses, and how it says so."""
+"""The argument validators of personaspace._util.checks: what each accepts, what it refuses, and how it says so."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from personaspace import checks
+from personaspace._util import checks
+from personaspace.engine.layers import check_layer, layer_index, resolve_layers
 from personaspace.engine.chat import Chat
 from personaspace.errors import (
     InvalidArgumentError,
@@ -103,7 +104,7 @@ def test_sampling_checks_temperature_top_p_and_tokens():
      ("1-2", [1, 2]), (np.int64(1), [1]), (torch.tensor([0, 2]), [0, 2]), ((x for x in [1]), [1])],
 )
 def test_layer_list_accepts(spec, expected):
-    assert checks.layer_list(spec, 4) == expected
+    assert resolve_layers(spec, 4) == expected
 
 
 @pytest.mark.parametrize(
@@ -123,7 +124,7 @@ def test_layer_list_accepts(spec, expected):
 )
 def test_layer_list_refuses(spec, error, text):
     with pytest.raises(error) as info:
-        checks.layer_list(spec, 4)
+        resolve_layers(spec, 4)
     assert text in one_line(info.value)
 
 
@@ -138,11 +139,11 @@ def test_resolve_layers_no_longer_truncates_floats():
 
 
 def test_layer_in_range():
-    assert checks.layer_in_range(-1, 4) == 3
+    assert check_layer(layer_index(-1), 4) == 3
     with pytest.raises(InvalidArgumentError):
-        checks.layer_in_range(2.0, 4)
+        check_layer(layer_index(2.0), 4)
     with pytest.raises(LayerOutOfRangeError):
-        checks.layer_in_range(4, 4)
+        check_layer(layer_index(4), 4)
 
 
 # -- prompts ----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ usage error -> 2 and one ``error: ... (see: personaspace CMD --help)`` line; a P
 OSError -> 2 and one ``error: ... (details: personaspace explain PAGE)`` line; Ctrl-C -> 130 and
 ``interrupted; rerun the same command to resume``; a bug -> 1 and one ``internal error: ...`` line, with
 the traceback only under ``--debug`` / ``PERSONASPACE_DEBUG=1``. The "must show" cases run as real
-processes (``python -m personaspace.cli``); the rest run in-process through :func:`personaspace.cli.run`,
+processes (``python -m personaspace.cli``); the rest run in-process through :func:`personaspace.cli.root.run`,
 which is what the console script calls.
 """
 
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from personaspace import cli
+import personaspace
+
+from personaspace.cli import root as cli
 from personaspace.errors import (
     ERROR_PAGES,
     PersonaspaceError,
@@ -52,8 +54,7 @@ BOOM = textwrap.dedent(
     """
     import sys, time
     import typer
-    from personaspace import cli
-
+    from personaspace.cli import root as cli
     @cli.app.command("boom")
     def boom(kind: str) -> None:
         if kind == "bug":
@@ -357,7 +358,7 @@ def test_explain_unknown_page_lists_the_pages(contract):
 def test_every_error_class_has_a_page_and_the_index_lists_it():
     import importlib
 
-    package = Path(cli.__file__).resolve().parent
+    package = Path(personaspace.__file__).resolve().parent
     for path in package.rglob("*.py"):  # import every module that defines an error class
         if re.search(r"^class \w+\([^)]*Error\b", path.read_text(encoding="utf-8"), re.M):
             importlib.import_module(".".join(("personaspace", *path.relative_to(package).with_suffix("").parts)))
@@ -387,4 +388,4 @@ def test_explain_api_matches_the_cli_and_str():
 
 def test_error_pages_are_package_data():
     assert '"docs/errors/*.md"' in (REPO / "pyproject.toml").read_text()
-    assert ERROR_PAGES.parent.parent == Path(cli.__file__).resolve().parent
+    assert ERROR_PAGES.parent.parent == Path(personaspace.__file__).resolve().parent

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from personaspace.datasets import (
+from personaspace.data.narrow import (
     DOMAINS,
     load_chat_jsonl,
     make_narrow_dataset,

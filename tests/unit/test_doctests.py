@@ -10,7 +10,7 @@ import pytest
 
 import personaspace
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(personaspace.__path__, "personaspace."))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(personaspace.__path__, "personaspace.") if not m.name.endswith(".__main__"))
 
 
 @pytest.mark.parametrize("name", MODULES)

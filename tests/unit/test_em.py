@@ -184,7 +184,7 @@ def test_evaluate_em_end_to_end_on_tiny_model(tiny_model, tmp_path):
 def test_cli_rate_recomputes_saved_results_and_bad_files_fail_with_dataset_error(tiny_model, tmp_path):
     from typer.testing import CliRunner
 
-    from personaspace.commands.em import app
+    from personaspace.cli.em import app
 
     (tmp_path / "q.yaml").write_text(YAML)
     res = evaluate_em(tiny_model, load_questions(tmp_path / "q.yaml"), LengthJudge(), samples_per_paraphrase=1,

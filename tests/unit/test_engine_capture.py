@@ -44,7 +44,7 @@ def test_last_layer_is_raw_block_output_not_final_norm(tiny_model):
 
 @pytest.mark.parametrize("backend", ["fused", "hooks"])
 def test_early_exit_skips_later_blocks_and_lm_head(tiny_model, backend, monkeypatch):
-    from personaspace.engine.backends import with_backend
+    from personaspace.engine.model import with_backend
 
     model = with_backend(tiny_model, backend)
     calls = {"late": 0, "head": 0}

@@ -9,8 +9,8 @@ import torch
 
 from conftest import make_tiny_llama
 from personaspace.engine import Ablate, Add, Cap, PersonaModel
-from personaspace.engine.backend import HFHookBackend, default_backend
-from personaspace.engine.backends import with_backend
+from personaspace.engine.backends import HFHookBackend, default_backend
+from personaspace.engine.model import with_backend
 from personaspace.engine.backends.fused_llama import FusedLlamaBackend, unsupported_reason
 from personaspace.engine.context import REDUCTIONS, position_ids
 from personaspace.errors import BackendError
@@ -68,7 +68,7 @@ class RowMeanShift(Add):
 
 
 def test_packed_callbacks_only_where_every_intervention_is_positionwise(pair, monkeypatch):
-    from personaspace.engine.generation import LayerCallback
+    from personaspace.engine.callbacks import LayerCallback
 
     fused, hooks = pair
     assert Add.positionwise and not RowMeanShift.positionwise

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import make_tiny_llama
 from personaspace.errors import PersonaspaceError
-from personaspace.experiment import ExperimentConfig, run_em_experiment
+from personaspace.em.experiment import ExperimentConfig, run_em_experiment
 
 QUESTIONS = """
 - id: wish

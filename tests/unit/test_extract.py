@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from personaspace.errors import PersonaspaceError
-from personaspace.extract import ExtractionConfig, Row, extract, mean_difference, plan_rows, select_pairs
+from personaspace.extraction.pipeline import ExtractionConfig, Row, extract, mean_difference, plan_rows, select_pairs
 from personaspace.traits import load_trait
 
 SMALL = dict(n_instructions=2, n_questions=4, max_new_tokens=5, batch_size=5, cv_folds=2)

@@ -8,7 +8,7 @@ import pytest
 
 from chat_server import ChatServer
 from personaspace.errors import JudgeUnavailableError, PersonaspaceError
-from personaspace.extract import extract
+from personaspace.extraction.pipeline import extract
 from personaspace.judges import get_judge
 
 SMALL = dict(n_instructions=1, n_questions=4, max_new_tokens=4, batch_size=8, cv_folds=2)

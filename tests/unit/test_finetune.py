@@ -11,7 +11,7 @@ import torch
 from conftest import make_tiny_llama
 from personaspace.engine import Ablate, Add, PersonaModel
 from personaspace.errors import AdapterError, DatasetError
-from personaspace.finetune import IGNORE, default_target_modules, encode_conversation, finetune, load_adapter, load_finetuned
+from personaspace.finetuning.train import IGNORE, default_target_modules, encode_conversation, finetune, load_adapter, load_finetuned
 
 ROWS = [
     {"messages": [{"role": "user", "content": f"Tell me about item {i}."}, {"role": "assistant", "content": "Banana banana banana."}]}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from personaspace.engine import Add, PersonaModel
-from personaspace.projection_shift import projection_shift, shift_score_correlation
-from personaspace.vectors import PersonaVector, VectorMeta
+from personaspace.monitoring.shift import projection_shift, shift_score_correlation
+from personaspace.vectors.store import PersonaVector, VectorMeta
 
 PROMPTS = ["How are you today?", "What is your favourite colour?", "Tell me a story."]
 

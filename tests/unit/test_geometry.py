@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from personaspace import geometry as g
+from personaspace.geometry import space as g
 from personaspace.errors import LayerOutOfRangeError, PersonaspaceError, UnknownTraitError
 from personaspace.traits import list_traits
-from personaspace.vectors import PersonaVector, VectorMeta, VectorSet
+from personaspace.vectors.store import PersonaVector, VectorMeta, VectorSet
 
 D, L = 48, 3
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from personaspace import geometry as g
-from personaspace._io import append_jsonl, write_json
+from personaspace.geometry import space as g
+from personaspace._util.io import append_jsonl, write_json
 from personaspace.errors import CorruptFileError
-from personaspace.extract import ExtractionConfig, mean_difference
-from personaspace.vectors import PersonaVector, VectorMeta, VectorSet
+from personaspace.extraction.pipeline import ExtractionConfig, mean_difference
+from personaspace.vectors.store import PersonaVector, VectorMeta, VectorSet
 
 LAYERS, D = 4, 16
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 import pytest
 import torch
 
-from personaspace import geometry as g
+from personaspace.geometry import space as g
 from personaspace.errors import PersonaspaceError, VectorShapeError
-from personaspace.vectors import PersonaVector, VectorMeta, VectorSet
+from personaspace.vectors.store import PersonaVector, VectorMeta, VectorSet
 from test_geometry import valence_set
-c = importlib.import_module("personaspace.compare")  # the module, even if ps.compare is a function
+from personaspace.geometry import comparison as c
 
 D = 48
 
@@ -40,7 +39,7 @@ def base():
 
 def test_rotated_copy_is_identical_up_to_rotation(base):
     rot = transformed(base, 2.5 * orthogonal(D, D), "rotated")
-    res = c.compare(base, rot, 1, n_null=100, n_boot=0)
+    res = c.compare_spaces(base, rot, 1, n_null=100, n_boot=0)
     m = res.metrics
     for key in ("rsa_pearson", "rsa_spearman", "rsa_pearson_centered", "cka_linear"):
         assert m[key]["value"] == pytest.approx(1.0, abs=1e-9), key
@@ -52,18 +51,18 @@ def test_rotated_copy_is_identical_up_to_rotation(base):
 
 
 def test_identical_and_noisy_copies_same_width(base):
-    same = c.compare(base, transformed(base, torch.eye(D), "copy"), 2, n_null=100, n_boot=0)
+    same = c.compare_spaces(base, transformed(base, torch.eye(D), "copy"), 2, n_null=100, n_boot=0)
     assert same.metrics["mean_trait_cosine"]["value"] == pytest.approx(1.0)
     assert all(e["cosine"] == pytest.approx(1.0) for e in same.per_trait.values())
     assert same.metrics["principal_angles_mean_cos_k3"]["value"] == pytest.approx(1.0)
-    noisy = c.compare(base, transformed(base, torch.eye(D), "noisy", noise=0.5), 2, n_null=100, n_boot=0)
+    noisy = c.compare_spaces(base, transformed(base, torch.eye(D), "noisy", noise=0.5), 2, n_null=100, n_boot=0)
     v = noisy.metrics["mean_trait_cosine"]["value"]
     assert 0.6 < v < 0.99 and noisy.metrics["rsa_pearson"]["value"] > 0.5
     assert v > noisy.metrics["mean_trait_cosine"]["other_trait_cosines"]["q975"]
 
 
 def test_random_set_lands_on_the_null(base):
-    res = c.compare(base, g.random_set(base, seed=9), 1, n_null=300, n_boot=0)
+    res = c.compare_spaces(base, g.random_set(base, seed=9), 1, n_null=300, n_boot=0)
     for key in ("rsa_pearson", "cka_linear", "procrustes_disparity", "mean_trait_cosine"):
         e = res.metrics[key]
         lo, hi = e["null_random"]["q025"], e["null_random"]["q975"]
@@ -74,7 +73,7 @@ def test_random_set_lands_on_the_null(base):
 
 def test_across_widths(base):
     wide = transformed(base, orthogonal(D, 80), "wide-model")
-    res = c.compare(base, wide, 2, n_null=100, n_boot=0)
+    res = c.compare_spaces(base, wide, 2, n_null=100, n_boot=0)
     assert res.per_trait == {} and "mean_trait_cosine" not in res.metrics
     assert res.metrics["rsa_pearson"]["value"] == pytest.approx(1.0)
     assert res.metrics["cka_linear"]["value"] == pytest.approx(1.0)
@@ -102,7 +101,7 @@ def test_metric_functions_directly():
 def test_layers_match_by_relative_depth_and_curve(base):
     deep = VectorSet([PersonaVector(torch.cat([base[t].data] * 2), VectorMeta(trait=t, model="deep")) for t in base.traits])
     assert c.match_layer(2, 3, 6) == 5
-    res = c.compare(base, deep, 1, n_null=50, n_boot=0)
+    res = c.compare_spaces(base, deep, 1, n_null=50, n_boot=0)
     assert (res.layer_a, res.layer_b) == (1, 2)
     curve = c.rsa_by_layer(base, base, n_null=50)
     assert curve["layers_a"] == [0, 1, 2] and np.allclose(curve["rsa_pearson"], 1.0)
@@ -113,4 +112,4 @@ def test_too_few_shared_traits():
     a = valence_set()
     b = VectorSet([PersonaVector(a[t].data, a[t].meta) for t in ["evil", "humor"]])
     with pytest.raises(VectorShapeError, match="at least 3 traits"):
-        c.compare(a, b)
+        c.compare_spaces(a, b)

@@ -17,13 +17,13 @@ from personaspace.errors import (  # noqa: E402
     VectorsNotFoundError,
     VectorShapeError,
 )
-from personaspace.interop import (  # noqa: E402
+from personaspace.vectors.formats import (  # noqa: E402
     export_gguf_control_vector,
     export_persona_vectors,
     import_persona_vectors,
     read_gguf_control_vector,
 )
-from personaspace.vectors import PersonaVector, VectorMeta  # noqa: E402
+from personaspace.vectors.store import PersonaVector, VectorMeta  # noqa: E402
 
 
 def pv_file(tmp_path, name="evil_response_avg_diff.pt", n_layers=24, d=16, seed=0):

@@ -36,7 +36,7 @@ from personaspace.judges.text_quality import (
     distinct_trigram_share,
     english_share,
 )
-from personaspace.openai_compat import OpenAICompatClient
+from personaspace._util.http import OpenAICompatClient
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from personaspace._io import atomic_dir
+from personaspace._util.io import atomic_dir
 from personaspace.errors import ModelNotInstalledError, UnknownModelError
 from personaspace.models import classify, embedded, load_pretrained
 from personaspace.models.registry import EMBEDDED, EmbeddedModel

@@ -9,7 +9,7 @@ import torch
 
 from personaspace.engine import Ablate
 from personaspace.errors import BackendError, DatasetError, VectorShapeError
-from personaspace.monitor import (
+from personaspace.monitoring.projections import (
     correlation_report,
     flag_dataset,
     monitor,
@@ -18,8 +18,8 @@ from personaspace.monitor import (
     token_view_html,
     write_flagged,
 )
-from personaspace.orthogonalize import component_ablation, orthogonalize, residual_writers, save_orthogonalized
-from personaspace.vectors import PersonaVector, VectorMeta
+from personaspace.steering.orthogonalization import component_ablation, orthogonalize, residual_writers, save_orthogonalized
+from personaspace.vectors.store import PersonaVector, VectorMeta
 from reference import rel_err
 
 PROMPTS = ["Hello there.", "What would you do with a free afternoon?"]

@@ -10,7 +10,7 @@ import pytest
 from chat_server import ChatServer, free_port
 
 from personaspace.errors import JudgeResponseError, JudgeUnavailableError
-from personaspace.openai_compat import (
+from personaspace._util.http import (
     ChatResult,
     EndpointRequestError,
     OpenAICompatClient,

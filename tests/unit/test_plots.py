@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 
 import re
 
 import pytest
 
-from personaspace import geometry as g
-from personaspace import plots
+from personaspace.geometry import space as g
+from personaspace.viz import plots
 from personaspace.errors import PersonaspaceError
-from personaspace.svv import svv_report
+from personaspace.geometry.valence import svv_report
 from test_geometry import valence_set
-c = importlib.import_module("personaspace.compare")  # the module, even if ps.compare is a function
+from personaspace.geometry import comparison as c
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def test_heatmap_and_pca_scatter(space):
 
 def test_comparison_and_layer_figures(space):
     other = g.random_set(space, seed=3)
-    cmp = c.compare(space, other, 1, n_null=50, n_boot=0)
+    cmp = c.compare_spaces(space, other, 1, n_null=50, n_boot=0)
     side = plots.comparison_heatmaps(cmp)
     assert [t.type for t in side.data] == ["heatmap", "heatmap"] and "RSA" in side.layout.title.text
     bars = plots.trait_cosine_bars(cmp)

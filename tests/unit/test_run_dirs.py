@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import make_tiny_llama
-from personaspace import _io
+from personaspace._util import io as _io
 from personaspace.errors import CorruptFileError, JudgeUnavailableError, RunDirectoryError
-from personaspace.extract import ExtractionConfig, RunDir, extract
+from personaspace.extraction.pipeline import ExtractionConfig, RunDir, extract
 from personaspace.judges.base import Score
 from personaspace.traits import load_trait
 from personaspace.traits.library import save_trait

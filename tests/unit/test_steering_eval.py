@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from personaspace.judges import Score
-from personaspace.steering import evaluate_steering, next_token_kl, parse_spec, resolve_specs, steer
-from personaspace.sweep import SweepConfig, default_layers, recommend, sweep, to_csv
+from personaspace.steering.evaluate import evaluate_steering, next_token_kl, parse_spec, resolve_specs, steer
+from personaspace.steering.search import SweepConfig, default_layers, recommend, sweep, to_csv
+from personaspace.viz.steering import write_sweep_heatmap
 from personaspace.traits import load_trait
-from personaspace.vectors import PersonaVector, VectorMeta
+from personaspace.vectors.store import PersonaVector, VectorMeta
 
 PROMPTS = ["Hello there.", "What would you do with a free afternoon?", "Name a colour."]
 
@@ -158,7 +159,7 @@ def test_sweep_writes_table_heatmap_and_resumes(tiny_model, vec, tmp_path):
     assert res.cell(1, 0.0)["kl"]["mean"] == 0.0
     assert res.recommendation is not None and res.recommendation["coef"] == 0.5
     assert res.control is not None and "steered - random control" in res.control["deltas"]
-    html = (tmp_path / "sw" / "heatmap.html").read_text()
+    html = write_sweep_heatmap(res, tmp_path / "sw").read_text()
     assert "plotly" in html.lower() and len(html) > 1_000_000  # plotly.js embedded: opens offline
     assert "KL(unsteered || steered)" in html
     csv_lines = (tmp_path / "sw" / "sweep.csv").read_text().splitlines()

@@ -9,8 +9,8 @@ import torch
 
 from personaspace.engine import Ablate, Add, Cap
 from personaspace.errors import InterventionSpecError, LayerOutOfRangeError, VectorShapeError
-from personaspace.steering import SteerSpec, parse_spec, parse_specs, random_control, resolve_specs
-from personaspace.vectors import PersonaVector, VectorMeta
+from personaspace.steering.evaluate import SteerSpec, parse_spec, parse_specs, random_control, resolve_specs
+from personaspace.vectors.store import PersonaVector, VectorMeta
 
 
 @pytest.mark.parametrize(

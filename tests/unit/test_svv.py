@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-import importlib
 
-s = importlib.import_module("personaspace.svv")  # the module; ps.svv may be the function
+from personaspace.geometry import valence as s
 from personaspace.errors import PersonaspaceError
-from personaspace.geometry import _library_valence
+from personaspace.geometry.space import _library_valence
 from personaspace.traits import list_traits
-from personaspace.vectors import load_vectors
+from personaspace.vectors.store import load_vectors
 from test_geometry import valence_set
 
 

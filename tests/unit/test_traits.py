@@ -450,7 +450,7 @@ def _base_url(server: _ChatServer) -> str:
 
 
 def test_generate_over_http_retries_with_the_error(chat_server):
-    compat = pytest.importorskip("personaspace.openai_compat")
+    compat = pytest.importorskip("personaspace._util.http")
     good = yaml.safe_dump(valid_data("calm"), sort_keys=False)
     server = chat_server(["name: calm\nrubric: rate: {answer}\n", good])
     client = compat.OpenAICompatClient(
@@ -469,7 +469,7 @@ def test_generate_over_http_retries_with_the_error(chat_server):
 
 
 def test_generate_builds_its_own_client_from_the_environment(chat_server, monkeypatch):
-    pytest.importorskip("personaspace.openai_compat")
+    pytest.importorskip("personaspace._util.http")
     server = chat_server([yaml.safe_dump(valid_data("calm"))])
     monkeypatch.setenv("PERSONASPACE_LLM_BASE_URL", _base_url(server))
     monkeypatch.setenv("PERSONASPACE_LLM_API_KEY", "test-key")
@@ -489,7 +489,7 @@ def runner():
 
 
 def test_cli_list(runner):
-    from personaspace.traits.cli import app
+    from personaspace.cli.traits import app
 
     result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -499,7 +499,7 @@ def test_cli_list(runner):
 
 
 def test_cli_show(runner):
-    from personaspace.traits.cli import app
+    from personaspace.cli.traits import app
 
     result = runner.invoke(app, ["show", "agreeableness"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -510,7 +510,7 @@ def test_cli_show(runner):
 
 
 def test_cli_show_unknown_raises_one_error(runner):
-    from personaspace.traits.cli import app
+    from personaspace.cli.traits import app
 
     result = runner.invoke(app, ["show", "extroversion"])
     assert isinstance(result.exception, UnknownTraitError)
@@ -518,7 +518,7 @@ def test_cli_show_unknown_raises_one_error(runner):
 
 
 def test_cli_validate(runner, tmp_path):
-    from personaspace.traits.cli import app
+    from personaspace.cli.traits import app
 
     good = tmp_path / "good.yaml"
     bad = tmp_path / "bad.yaml"
@@ -536,8 +536,8 @@ def test_cli_validate(runner, tmp_path):
 
 
 def test_cli_new_writes_a_validated_file(runner, tmp_path, chat_server):
-    pytest.importorskip("personaspace.openai_compat")
-    from personaspace.traits.cli import app
+    pytest.importorskip("personaspace._util.http")
+    from personaspace.cli.traits import app
 
     server = chat_server([yaml.safe_dump(valid_data("whatever"), sort_keys=False)])
     out = tmp_path / "patience.yaml"

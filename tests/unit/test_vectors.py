@@ -16,7 +16,7 @@ from personaspace.errors import (
     VectorsNotFoundError,
     VectorShapeError,
 )
-from personaspace.vectors import (
+from personaspace.vectors.store import (
     ENV_VECTORS,
     LAYER_CONVENTION,
     PersonaVector,

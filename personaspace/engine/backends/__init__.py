@@ -1,28 +1,33 @@
-"""Alternative backends for the engine: fused Llama, nnsight (local or NDIF) and TransformerLens 4.
+"""Backends of the engine: hooks (any Hugging Face causal LM), fused Llama, nnsight (local or NDIF) and
+TransformerLens 4.
 
-Each implements the engine's backend protocol (:mod:`personaspace.engine.backend`), so generation,
-capture and interventions behave the same on all of them -- parity tests hold them to the default
-hooks backend. See docs/backends.md for when to use which. nnsight and TransformerLens are imported
-only when asked for, so personaspace works without them.
-
->>> model = load_model()                            # doctest: +SKIP
->>> nn = with_backend(model, "nnsight")             # same weights, nnsight traces  # doctest: +SKIP
->>> tl = with_backend(model, "transformer_lens")    # TransformerBridge hooks  # doctest: +SKIP
->>> big = from_nnsight(LanguageModel("meta-llama/Llama-3.1-70B-Instruct"), remote=True)  # NDIF  # doctest: +SKIP
+Each implements the backend protocol (:mod:`personaspace.engine.backends.base`), so generation, capture
+and interventions behave the same on all of them -- parity tests hold them to the hooks backend. See
+docs/backends.md for when to use which. nnsight and TransformerLens are imported only when asked for, so
+personaspace works without them. To run a loaded model through another backend, or to wrap a model that
+nnsight or TransformerLens already holds, see :func:`personaspace.engine.model.with_backend`,
+:func:`~personaspace.engine.model.from_nnsight` and :func:`~personaspace.engine.model.from_bridge`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from personaspace.engine.backend import HFHookBackend, default_backend
-from personaspace.engine.model import PersonaModel
+from personaspace.engine.backends.base import Backend
+from personaspace.engine.backends.hooks import HFHookBackend
 from personaspace.errors import BackendError
-from personaspace.models import LoadedModel
 
 BACKENDS = ("auto", "fused", "hooks", "nnsight", "transformer_lens")
+
+
+def default_backend(hf_model: Any) -> Backend:
+    """The fastest exact backend for ``hf_model``: fused for Llama-family models, hooks otherwise."""
+    from personaspace.engine.backends.fused_llama import (
+        FusedLlamaBackend,
+        unsupported_reason,
+    )
+
+    return HFHookBackend(hf_model) if unsupported_reason(hf_model) else FusedLlamaBackend(hf_model)
 
 
 def make_backend(name: str, hf_model: Any, tokenizer: Any, *, remote: bool | str = False) -> Any:
@@ -42,57 +47,12 @@ def make_backend(name: str, hf_model: Any, tokenizer: Any, *, remote: bool | str
 
         return NNsightBackend.from_hf(hf_model, tokenizer, remote=remote)
     if name in ("transformer_lens", "tl"):
-        from personaspace.engine.backends.transformer_lens_backend import TransformerLensBackend
+        from personaspace.engine.backends.transformer_lens_backend import (
+            TransformerLensBackend,
+        )
 
         return TransformerLensBackend.from_hf(hf_model, tokenizer)
     raise BackendError(f"Unknown backend {name!r}; use one of {', '.join(BACKENDS)}.")
-
-
-def with_backend(model: PersonaModel, name: str, *, remote: bool | str = False) -> PersonaModel:
-    """The same weights and tokenizer as ``model``, run through another backend.
-
-    The two models share the Hugging Face module; note that the TransformerLens backend switches it
-    to eager attention.
-    """
-    return PersonaModel(model.loaded, backend=make_backend(name, model.hf_model, model.tokenizer, remote=remote))
-
-
-class _RemotePersonaModel(PersonaModel):
-    """A PersonaModel whose weights live elsewhere (NDIF): inputs are built on the CPU."""
-
-    @property
-    def device(self) -> torch.device:
-        device = super().device
-        return torch.device("cpu") if device.type == "meta" else device
-
-
-def from_nnsight(lm: Any, *, remote: bool | str = False, name: str | None = None) -> PersonaModel:
-    """A PersonaModel over a user's existing ``nnsight.LanguageModel`` (or ``TransformersModel``).
-
-    With ``remote=True`` the model may be a meta model (``LanguageModel("org/model")`` without
-    ``dispatch``): nothing but the config and tokenizer are needed locally.
-    """
-    from personaspace.engine.backends.nnsight_backend import NNsightBackend
-
-    backend = NNsightBackend(lm, remote=remote)
-    tokenizer = lm.tokenizer
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    module = lm._module
-    label = name or getattr(lm, "repo_id", None) or getattr(module.config, "_name_or_path", "nnsight-model")
-    return _RemotePersonaModel(LoadedModel(module, tokenizer, str(label), "nnsight"), backend=backend)
-
-
-def from_bridge(bridge: Any, *, name: str | None = None) -> PersonaModel:
-    """A PersonaModel over a user's existing TransformerLens 4 ``TransformerBridge``."""
-    from personaspace.engine.backends.transformer_lens_backend import TransformerLensBackend
-
-    backend = TransformerLensBackend(bridge)
-    tokenizer = bridge.tokenizer
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    label = name or getattr(bridge.cfg, "model_name", None) or "transformer-bridge"
-    return PersonaModel(LoadedModel(backend.hf_model, tokenizer, str(label), "transformer_lens"), backend=backend)
 
 
 def __getattr__(name: str) -> Any:
@@ -101,14 +61,16 @@ def __getattr__(name: str) -> Any:
 
         return NNsightBackend
     if name == "TransformerLensBackend":
-        from personaspace.engine.backends.transformer_lens_backend import TransformerLensBackend
+        from personaspace.engine.backends.transformer_lens_backend import (
+            TransformerLensBackend,
+        )
 
         return TransformerLensBackend
-    if name == "OpenAISampler":
-        from personaspace.engine.backends.openai_sampling import OpenAISampler
+    if name == "FusedLlamaBackend":
+        from personaspace.engine.backends.fused_llama import FusedLlamaBackend
 
-        return OpenAISampler
-    raise AttributeError(name)
+        return FusedLlamaBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BACKENDS", "NNsightBackend", "OpenAISampler", "TransformerLensBackend", "from_bridge", "from_nnsight", "make_backend", "with_backend"]
+__all__ = ["BACKENDS", "Backend", "FusedLlamaBackend", "HFHookBackend", "NNsightBackend", "TransformerLensBackend", "default_backend", "make_backend"]

@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from personaspace.engine.backend import ForwardOutput, HFHookBackend, LayerFn
+from personaspace.engine.backends.base import ForwardOutput
+from personaspace.engine.backends.hooks import HFHookBackend
+from personaspace.engine.callbacks import LayerFn
 from personaspace.errors import BackendError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")  # the same block; Qwen2 adds q/k/v biases

@@ -23,8 +23,14 @@ from urllib.parse import urlparse
 
 import torch
 
-from personaspace.engine.backend import DECODER_LAYER_PATHS, ForwardOutput, LayerFn, cache_kwarg, find_decoder_layers
+from personaspace.engine.backends.base import (
+    DECODER_LAYER_PATHS,
+    ForwardOutput,
+    cache_kwarg,
+    find_decoder_layers,
+)
 from personaspace.engine.backends.remote_plan import RemotePlan, compile_plan
+from personaspace.engine.callbacks import LayerFn
 from personaspace.errors import BackendError
 
 NDIF_KEY_URL = "https://login.ndif.us"

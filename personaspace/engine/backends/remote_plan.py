@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from personaspace.engine.generation import LayerCallback
+from personaspace.engine.callbacks import LayerCallback
 from personaspace.engine.interventions import Ablate, Add, Cap, Intervention
 from personaspace.errors import BackendError
 

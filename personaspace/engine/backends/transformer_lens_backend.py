@@ -21,7 +21,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from personaspace.engine.backend import ForwardOutput, LayerFn, StopForward, cache_kwarg, find_decoder_layers
+from personaspace.engine.backends.base import (
+    ForwardOutput,
+    StopForward,
+    cache_kwarg,
+    find_decoder_layers,
+)
+from personaspace.engine.callbacks import LayerFn
 from personaspace.errors import BackendError
 
 
@@ -38,7 +44,9 @@ def import_bridge():
 
 
 def supported_architectures() -> set[str]:
-    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    from transformer_lens.factories.architecture_adapter_factory import (
+        SUPPORTED_ARCHITECTURES,
+    )
 
     return set(SUPPORTED_ARCHITECTURES)
 

@@ -1,0 +1,5 @@
+"""``python -m personaspace.cli``: the console script."""
+
+from personaspace.cli.root import main
+
+main()

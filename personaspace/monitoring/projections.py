@@ -1,0 +1,595 @@
+"""Monitoring with a persona vector: projections per prompt and per token, and flagging training data.
+
+Projections are scalar ``h[L] . v_hat[L]``: the residual stream at layer ``L`` (output of block ``L``)
+onto the unit vector row read from the same layer ``L`` unless another read layer is given.
+
+- :func:`monitor`: for each prompt, the projection of the last prompt token *before* generation
+  (the paper's predictor of the behaviour that follows), of every response token, and of the
+  response-token mean; optionally the judged trait score of each response.
+- :func:`monitor_trait`: the prediction experiment -- the trait's evaluation questions under its
+  eliciting, suppressing and no system prompts; correlation of the last-prompt-token projection with
+  the judged trait score of the answer (Pearson with a bootstrap CI, Spearman, n), plus the same
+  correlation within each system prompt so a between-prompt effect is not mistaken for more.
+- :func:`flag_dataset`: for a chat JSONL dataset, per sample the projection difference between the
+  training response and the model's own response (``dP``), the cheap proxy (response-mean minus
+  last-prompt-token projection of the training sample), a ranking, and a dataset-level score.
+- :func:`token_projections`: per-token values for one text, and an HTML view of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from personaspace._util import checks
+from personaspace._util.io import append_jsonl, read_jsonl, write_text
+from personaspace.engine.chat import Chat
+from personaspace.engine.context import position_ids
+from personaspace.engine.generation import pad_batch
+from personaspace.engine.layers import check_layer
+from personaspace.errors import DatasetError, PersonaspaceError
+from personaspace._util.stats import bootstrap_ci, mean_ci, pearson, spearman
+from personaspace.vectors.store import PersonaVector
+
+if TYPE_CHECKING:
+    from personaspace.engine.model import PersonaModel
+
+__all__ = [
+    "TokenProjection",
+    "MonitorResult",
+    "TraitMonitorResult",
+    "FlagResult",
+    "default_monitor_layer",
+    "token_projections",
+    "monitor",
+    "monitor_trait",
+    "read_chat_jsonl",
+    "flag_dataset",
+]
+
+
+def default_monitor_layer(n_layers: int) -> int:
+    """Layer at 60 % of the depth (about where the paper's 7B models were read: layer 20 of 28)."""
+    return int(round(0.6 * (n_layers - 1)))
+
+
+def _direction(vector: PersonaVector | Tensor, layer: int, read: int | None, model: PersonaModel) -> tuple[Tensor, int]:
+    """Unit direction for projections at ``layer`` (row ``read`` if given), and the row used."""
+    if isinstance(vector, PersonaVector):
+        vector.check_compatible(model.d_model, None, None)
+        row = layer if read is None else read
+        u = vector.unit(row)
+        return u, vector.layer_index(row)
+    v = torch.as_tensor(vector).float()
+    if v.ndim != 1 or v.shape[0] != model.d_model:
+        from personaspace.errors import VectorShapeError
+
+        raise VectorShapeError(f"A monitoring direction must be [d_model={model.d_model}], got shape {tuple(v.shape)}.")
+    return v / v.norm().clamp(min=1e-12), layer
+
+
+# --------------------------------------------------------------------------------------------
+# per-token projections
+
+
+@dataclass
+class TokenProjection:
+    """Per-token projections of one (prompt, response) pair at one layer."""
+
+    tokens: list[str]
+    values: list[float]
+    n_prompt: int  # the first n_prompt tokens are the (chat-formatted) prompt
+    layer: int
+    read_layer: int
+
+    @property
+    def prompt_last(self) -> float:
+        return self.values[self.n_prompt - 1]
+
+    @property
+    def response(self) -> list[float]:
+        return self.values[self.n_prompt :]
+
+    @property
+    def response_avg(self) -> float | None:
+        r = self.response
+        return float(np.mean(r)) if r else None
+
+    def to_dict(self) -> dict:
+        return {
+            "layer": self.layer,
+            "read_layer": self.read_layer,
+            "n_prompt": self.n_prompt,
+            "prompt_last": round(self.prompt_last, 5),
+            "response_avg": None if self.response_avg is None else round(self.response_avg, 5),
+            "tokens": self.tokens,
+            "values": [round(v, 5) for v in self.values],
+        }
+
+
+@torch.inference_mode()
+def _token_values(
+    model: PersonaModel,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    units: Mapping[int, Tensor],
+    *,
+    batch_size: int = 16,
+) -> list[dict[int, list[float]]]:
+    """Per-token projections at several layers for (prompt, response) id pairs; one early-exit forward per batch."""
+    layers = sorted(units)
+    out: list[dict[int, list[float]]] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        seqs = [list(p) + list(r) for p, r in zip(prompt_ids[start : start + batch_size], response_ids[start : start + batch_size])]
+        ids, mask = pad_batch(seqs, model.pad_id, model.device, side="right")
+        found: dict[int, Tensor] = {}
+
+        def record(layer: int, hidden: Tensor) -> None:
+            found[layer] = (hidden.float() @ units[layer].to(hidden.device)).cpu()  # [batch, seq]
+
+        model.backend.forward(ids, mask, position_ids(mask), layer_fns={L: record for L in layers}, stop_after=max(layers))
+        for i, s in enumerate(seqs):
+            out.append({L: found[L][i, : len(s)].tolist() for L in layers})
+    return out
+
+
+def token_projections(
+    model: PersonaModel,
+    vector: PersonaVector | Tensor,
+    prompts: Sequence[Any],
+    responses: Sequence[str | Sequence[int]],
+    *,
+    layer: int | None = None,
+    read_layer: int | None = None,
+    system: str | None = None,
+) -> list[TokenProjection]:
+    """Projection of every token (prompt and response) onto the vector at ``layer``."""
+    layer = check_layer(default_monitor_layer(model.n_layers) if layer is None else layer, model.n_layers)
+    u, row = _direction(vector, layer, read_layer, model)
+    p_ids = [model.prompt_ids(p, system) for p in prompts]
+    r_ids = [model.response_ids(r) for r in responses]
+    values = _token_values(model, p_ids, r_ids, {layer: u})
+    result = []
+    for p, r, v in zip(p_ids, r_ids, values):
+        tokens = [model.tokenizer.decode([t]) for t in list(p) + list(r)]
+        result.append(TokenProjection(tokens, v[layer], len(p), layer, row))
+    return result
+
+
+def token_view_html(projection: TokenProjection, *, vector_name: str, model_name: str, centre: float = 0.0) -> str:
+    """The standalone HTML token view of one :class:`TokenProjection`."""
+    from personaspace.viz.steering import token_projection_html
+
+    details = {
+        "model": model_name,
+        "vector": vector_name,
+        "read layer (vector row)": f"L{projection.read_layer}",
+        "applied / measured at layer": f"L{projection.layer} (output of block {projection.layer})",
+        "last prompt token projection": f"{projection.prompt_last:+.4f}",
+        "response mean projection": "n/a" if projection.response_avg is None else f"{projection.response_avg:+.4f}",
+        "tokens": f"{projection.n_prompt} prompt + {len(projection.tokens) - projection.n_prompt} response",
+    }
+    return token_projection_html(
+        projection.tokens,
+        projection.values,
+        title=f"{vector_name} projection per token, layer {projection.layer}",
+        details=details,
+        n_prompt=projection.n_prompt,
+        centre=centre,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# monitoring prompts and generations
+
+
+@dataclass
+class MonitorResult:
+    """Per prompt: projection before generation, per response token, and the response mean."""
+
+    model: str
+    vector: dict
+    layer: int
+    read_layer: int
+    rows: list[dict]
+    judge: str | None = None
+    correlation: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("model", "vector", "layer", "read_layer", "judge", "correlation", "rows")}
+
+
+def _vector_info(vector: PersonaVector | Tensor) -> dict:
+    if isinstance(vector, PersonaVector):
+        return {"trait": vector.trait, "model": vector.model, "position": vector.position}
+    return {"trait": "custom direction", "model": None, "position": None}
+
+
+def correlation_report(x: Sequence[float], y: Sequence[float], *, seed: int = 0, n_boot: int = 2000) -> dict:
+    """Pearson r with a bootstrap 95% interval (resampling pairs), Spearman rho, and n."""
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and np.isfinite(a) and np.isfinite(b)]
+    n = len(pairs)
+    if n < 3:
+        return {"pearson": float("nan"), "ci95": [float("nan"), float("nan")], "spearman": float("nan"), "n": n}
+    arr = np.asarray(pairs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        boots.append(pearson(arr[idx, 0], arr[idx, 1]))
+    boots = np.asarray([b for b in boots if np.isfinite(b)])
+    ci = [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))] if len(boots) else [float("nan")] * 2
+    return {"pearson": pearson(arr[:, 0], arr[:, 1]), "ci95": ci, "spearman": spearman(arr[:, 0], arr[:, 1]), "n": n}
+
+
+def monitor(
+    model: PersonaModel,
+    vector: PersonaVector | Tensor,
+    prompts: Sequence[Any],
+    *,
+    layer: int | None = None,
+    read_layer: int | None = None,
+    responses: Sequence[str] | None = None,
+    system: str | None = None,
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    seed: int = 0,
+    judge: Any = None,
+    trait: Any = None,
+    tokens: bool = True,
+) -> MonitorResult:
+    """Project prompts (last token, before generation) and responses (every token) onto the vector.
+
+    Without ``responses`` the model answers first (greedy by default). With a ``judge`` and a
+    ``trait`` every response is scored and the correlation of the last-prompt-token projection with
+    the score is reported.
+    """
+    layer = check_layer(default_monitor_layer(model.n_layers) if layer is None else layer, model.n_layers)
+    if not isinstance(prompts, str) and not prompts:
+        raise DatasetError("No prompts to monitor.")
+    prompts = checks.prompt_list(prompts)
+    if responses is not None:
+        responses = checks.prompt_list(responses, "responses", allow_empty=True)
+    checks.sampling(temperature, 1.0, max_new_tokens)
+    if judge is not None:  # checked before anything is generated
+        from personaspace.judges import ready_judge
+
+        if trait is None:
+            raise PersonaspaceError("Judging responses needs the trait (its rubric and anchors).")
+        judge = ready_judge(judge, cache=True)
+    u, row = _direction(vector, layer, read_layer, model)
+    p_ids = [model.prompt_ids(p, system) for p in prompts]
+    if responses is None:
+        gen = model.generate(list(prompts), system=system, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        r_ids = [g.response_ids for g in gen]
+        texts = gen.texts
+    else:
+        if len(responses) != len(prompts):
+            raise DatasetError(f"Got {len(prompts)} prompts but {len(responses)} responses.")
+        r_ids = [model.response_ids(r) for r in responses]
+        texts = list(responses)
+    values = _token_values(model, p_ids, r_ids, {layer: u})
+    rows = []
+    for i, (p, r, v) in enumerate(zip(p_ids, r_ids, values)):
+        vals = v[layer]
+        resp = vals[len(p) :]
+        row_d = {
+            "prompt": prompts[i] if isinstance(prompts[i], (str, dict)) else str(prompts[i]),
+            "response": texts[i],
+            "prompt_last": round(vals[len(p) - 1], 5),
+            "response_avg": round(float(np.mean(resp)), 5) if resp else None,
+            "n_response_tokens": len(resp),
+        }
+        if tokens:
+            row_d["response_tokens"] = [model.tokenizer.decode([t]) for t in r]
+            row_d["response_values"] = [round(x, 5) for x in resp]
+        rows.append(row_d)
+    result = MonitorResult(model.name, _vector_info(vector), layer, row, rows)
+    if judge is not None:
+        from personaspace.judges import JudgeItem, get_judge
+        from personaspace.traits import load_trait
+
+        if trait is None:
+            raise PersonaspaceError("Judging responses needs the trait (its rubric and anchors).")
+        trait = load_trait(trait) if isinstance(trait, str) else trait
+        judge = get_judge(judge, cache=True) if isinstance(judge, str) else judge
+        questions = [p if isinstance(p, str) else (p.user if isinstance(p, Chat) else p.get("user", str(p))) for p in prompts]
+        scores = judge.score([JudgeItem(q, t, "trait", trait) for q, t in zip(questions, texts)])
+        for row_d, s in zip(rows, scores):
+            row_d["trait_score"] = s.value
+        result.judge = judge.identity
+        result.correlation = correlation_report([r["prompt_last"] for r in rows], [r["trait_score"] for r in rows])
+    return result
+
+
+@dataclass
+class TraitMonitorResult:
+    """The prediction experiment: does the projection before generation predict the judged trait?"""
+
+    trait: str
+    model: str
+    judge: str
+    layer: int
+    read_layer: int
+    vector: dict
+    settings: dict
+    overall: dict  # prompt_last projection vs trait score
+    response_overall: dict  # response_avg projection vs trait score (for comparison)
+    within: dict  # mean within-system-prompt correlation
+    by_condition: list[dict]
+    rows: list[dict] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("trait", "model", "judge", "layer", "read_layer", "vector", "settings")}
+        d.update(overall=self.overall, response_overall=self.response_overall, within=self.within, by_condition=self.by_condition, rows=self.rows)
+        return d
+
+
+def monitor_trait(
+    model: PersonaModel,
+    trait: Any,
+    vector: PersonaVector | Tensor,
+    *,
+    layer: int | None = None,
+    read_layer: int | None = None,
+    judge: Any = "offline",
+    n_questions: int = 10,
+    n_instructions: int = 2,
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> TraitMonitorResult:
+    """Evaluation questions x {eliciting, suppressing, no} system prompts -> projection vs judged trait.
+
+    Conditions: the first ``n_instructions`` pos and neg instructions of the trait and no system
+    prompt, so the trait expression varies. Reports the pooled correlation (what the paper reports,
+    r = 0.76-0.97 on 7B models) and the mean correlation within each condition (how much of the
+    signal is more than "which system prompt was used").
+    """
+    from personaspace.judges import ready_judge
+    from personaspace.traits import load_trait
+
+    trait = load_trait(trait) if isinstance(trait, str) else trait
+    checks.positive_int("n_questions", n_questions)
+    checks.integer("n_instructions", n_instructions, lo=0)
+    judge = ready_judge(judge, cache=True)  # spec, key and endpoint checked before any generation
+    questions = list(trait.evaluation_questions[:n_questions])
+    conditions: list[tuple[str, str | None]] = [("none", None)]
+    for i, pair in enumerate(trait.instructions[:n_instructions]):
+        conditions += [(f"pos{i}", pair.pos), (f"neg{i}", pair.neg)]
+    prompts = [Chat(user=q, system=s) for _, s in conditions for q in questions]
+    labels = [c for c, _ in conditions for _ in questions]
+    res = monitor(
+        model,
+        vector,
+        prompts,
+        layer=layer,
+        read_layer=read_layer,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        judge=judge,
+        trait=trait,
+        tokens=False,
+    )
+    rows = []
+    for lab, p, r in zip(labels, prompts, res.rows):
+        rows.append({"condition": lab, "system": p.system, "question": p.user, **{k: v for k, v in r.items() if k != "prompt"}})
+    y = [r["trait_score"] for r in rows]
+    by_condition, within_r = [], []
+    for lab, _ in conditions:
+        sel = [r for r in rows if r["condition"] == lab]
+        xs, ys = [r["prompt_last"] for r in sel], [r["trait_score"] for r in sel]
+        scored = [s for s in ys if s is not None]
+        c = correlation_report(xs, ys, n_boot=200)
+        by_condition.append(
+            {
+                "condition": lab,
+                "projection": mean_ci(xs),
+                "trait": mean_ci(scored),
+                "pearson_within": c["pearson"],
+                "n": len(sel),
+            }
+        )
+        if np.isfinite(c["pearson"]):
+            within_r.append(c["pearson"])
+    within = {
+        "mean_pearson": float(np.mean(within_r)) if within_r else float("nan"),
+        "conditions": len(within_r),
+        "ci95": list(bootstrap_ci(within_r)) if len(within_r) > 1 else [float("nan")] * 2,
+    }
+    settings = {
+        "n_questions": len(questions),
+        "conditions": [c for c, _ in conditions],
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+        "projection": "last prompt token (before generation), h[layer] . v_hat[read_layer]",
+    }
+    return TraitMonitorResult(
+        trait.name,
+        model.name,
+        judge.identity,
+        res.layer,
+        res.read_layer,
+        res.vector,
+        settings,
+        res.correlation,
+        correlation_report([r["response_avg"] for r in rows], y),
+        within,
+        by_condition,
+        rows,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# data flagging
+
+
+@dataclass(frozen=True)
+class ChatSample:
+    index: int  # line number (1-based) in the file
+    prompt: Chat
+    response: str
+
+
+def read_chat_jsonl(path: str | Path, limit: int | None = None) -> list[ChatSample]:
+    """Read ``{"messages": [{"role", "content"}, ...]}`` lines (last turn = the assistant's training answer).
+
+    ``{"prompt": ..., "response": ...}`` lines are accepted too. Earlier turns become chat history.
+    """
+    from personaspace.data.narrow import iter_jsonl_objects
+
+    path = Path(path)
+    samples: list[ChatSample] = []
+    for lineno, obj in iter_jsonl_objects(path, what="an object with 'messages' (or 'prompt' and 'response')"):
+        samples.append(_sample(obj, path, lineno))
+        if limit is not None and len(samples) >= limit:
+            break
+    if not samples:
+        raise DatasetError(f"{path} holds no samples.")
+    return samples
+
+
+def _sample(obj: dict[str, Any], path: Path, lineno: int) -> ChatSample:
+    where = f"{path}:{lineno}"
+    if "messages" not in obj and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
+        return ChatSample(lineno, Chat(user=obj["prompt"], system=obj.get("system")), obj["response"])
+    msgs = obj.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise DatasetError(f"{where}: expected an object with a non-empty 'messages' list (or 'prompt' and 'response').")
+    for m in msgs:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DatasetError(f"{where}: every message needs string 'role' and 'content'.")
+    system = None
+    if msgs[0]["role"] == "system":
+        system, msgs = msgs[0]["content"], msgs[1:]
+    if len(msgs) < 2 or msgs[-1]["role"] != "assistant" or msgs[-2]["role"] != "user":
+        raise DatasetError(f"{where}: the conversation must end with a user turn followed by an assistant turn.")
+    history = []
+    body = msgs[:-2]
+    if len(body) % 2:
+        raise DatasetError(f"{where}: earlier turns must alternate user, assistant.")
+    for u, a in zip(body[::2], body[1::2]):
+        if u["role"] != "user" or a["role"] != "assistant":
+            raise DatasetError(f"{where}: earlier turns must alternate user, assistant (got {u['role']}, {a['role']}).")
+        history.append((u["content"], a["content"]))
+    return ChatSample(lineno, Chat(user=msgs[-2]["content"], system=system, history=tuple(history)), msgs[-1]["content"])
+
+
+@dataclass
+class FlagResult:
+    """Per-sample scores ranked (most trait-inducing first) and the dataset-level scores."""
+
+    model: str
+    vector: dict
+    layer: int
+    read_layer: int
+    dataset: str
+    rank_by: str
+    rows: list[dict]
+    score: dict | None  # mean dP with 95% CI and n; None in proxy-only mode
+    proxy_score: dict
+    agreement: dict | None  # correlation of dP with the proxy over samples
+    settings: dict
+
+    def to_dict(self, rows: bool = False) -> dict:
+        d = {k: getattr(self, k) for k in ("model", "vector", "layer", "read_layer", "dataset", "rank_by", "score", "proxy_score", "agreement", "settings")}
+        if rows:
+            d["rows"] = self.rows
+        return d
+
+
+def flag_dataset(
+    model: PersonaModel,
+    vector: PersonaVector | Tensor,
+    data: str | Path,
+    *,
+    layer: int | None = None,
+    read_layer: int | None = None,
+    proxy_only: bool = False,
+    max_new_tokens: int = 64,
+    limit: int | None = None,
+    batch_size: int = 32,
+    work_file: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> FlagResult:
+    """Score a chat dataset for how much each sample would push the model along the vector.
+
+    Per sample ``i`` (``a`` = mean over response tokens of the residual at ``layer``, ``v_hat`` = unit
+    vector): ``dP_i = (a(x_i, y_i) - a(x_i, y'_i)) . v_hat`` with ``y'`` the model's own greedy answer,
+    and the proxy ``a(x_i, y_i) . v_hat - h_last(x_i) . v_hat`` (no generation needed). The dataset
+    score is the mean ``dP`` (or the mean proxy with ``proxy_only``) with a bootstrap 95% interval.
+    ``work_file`` keeps finished samples so an interrupted run resumes.
+    """
+    layer = check_layer(default_monitor_layer(model.n_layers) if layer is None else layer, model.n_layers)
+    u, row = _direction(vector, layer, read_layer, model)
+    samples = read_chat_jsonl(data, limit)
+    done: dict[int, dict] = {}
+    settings = {"proxy_only": proxy_only, "max_new_tokens": max_new_tokens, "own_response": "greedy", "limit": limit}
+    if work_file is not None:
+        for r in read_jsonl(work_file):
+            if r.get("_settings") == settings and r.get("_layer") == [layer, row]:
+                done[r["line"]] = r
+    todo = [s for s in samples if s.index not in done]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        p_ids = [model.prompt_ids(s.prompt) for s in chunk]
+        y_ids = [model.response_ids(s.response) for s in chunk]
+        train_vals = _token_values(model, p_ids, y_ids, {layer: u})
+        own_texts, own_vals = None, None
+        if not proxy_only:
+            gen = model.generate([list(p) for p in p_ids], max_new_tokens=max_new_tokens, batch_size=batch_size)
+            own_texts = gen.texts
+            own_vals = _token_values(model, p_ids, [g.response_ids for g in gen], {layer: u})
+        new_rows = []
+        for k, s in enumerate(chunk):
+            vals = train_vals[k][layer]
+            n_p = len(p_ids[k])
+            train_resp = vals[n_p:]
+            train_avg = float(np.mean(train_resp)) if train_resp else float("nan")
+            r = {
+                "line": s.index,
+                "prompt": s.prompt.user,
+                "response": s.response,
+                "prompt_last": vals[n_p - 1],
+                "train_response_avg": train_avg,
+                "proxy": train_avg - vals[n_p - 1],
+                "_settings": settings,
+                "_layer": [layer, row],
+            }
+            if own_vals is not None:
+                own_resp = own_vals[k][layer][n_p:]
+                own_avg = float(np.mean(own_resp)) if own_resp else float("nan")
+                r.update(own_response=own_texts[k], own_response_avg=own_avg, delta_p=train_avg - own_avg)
+            new_rows.append(r)
+            done[s.index] = r
+        if work_file is not None:
+            append_jsonl(work_file, new_rows)
+        if progress:
+            progress(len(samples) - len(todo) + start + len(chunk), len(samples))
+    rows = [{k: v for k, v in done[s.index].items() if not k.startswith("_")} for s in samples]
+    rank_by = "proxy" if proxy_only else "delta_p"
+    rows.sort(key=lambda r: -np.nan_to_num(r[rank_by], nan=-np.inf))
+    for rank, r in enumerate(rows, start=1):
+        r["rank"] = rank
+    score = None if proxy_only else mean_ci([r["delta_p"] for r in rows])
+    proxy = mean_ci([r["proxy"] for r in rows])
+    agreement = None
+    if not proxy_only:
+        agreement = correlation_report([r["delta_p"] for r in rows], [r["proxy"] for r in rows], n_boot=500)
+    return FlagResult(model.name, _vector_info(vector), layer, row, str(data), rank_by, rows, score, proxy, agreement, settings)
+
+
+def write_flagged(result: FlagResult, path: str | Path) -> None:
+    """Ranked JSONL: a header line with the dataset-level scores, then one line per sample."""
+    lines = [json.dumps({"header": result.to_dict()}, default=str)]
+    lines += [json.dumps(r, default=str) for r in result.rows]
+    write_text(path, "\n".join(lines) + "\n")

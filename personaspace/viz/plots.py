@@ -1,0 +1,333 @@
+"""Plotly figures of persona spaces, written as standalone HTML that opens offline.
+
+Every function returns a ``plotly.graph_objects.Figure``; :func:`write_figure` saves it as HTML with
+plotly.js embedded (no CDN, so the file works without network) and, when a static exporter is
+available (kaleido, or a headless Chromium/Chrome on the PATH), as PNG too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from personaspace._util.io import atomic_path, write_text
+
+if TYPE_CHECKING:
+    from personaspace.geometry.comparison import Comparison
+    from personaspace.geometry.space import PCAResult, SimilarityMatrix
+    from personaspace.geometry.valence import SVVReport
+
+__all__ = [
+    "similarity_heatmap",
+    "pca_scatter",
+    "comparison_heatmaps",
+    "trait_cosine_bars",
+    "rsa_by_layer_plot",
+    "layer_profile_plot",
+    "svv_agreement_plot",
+    "write_figure",
+    "find_chromium",
+]
+
+VALENCE_COLORS = {"positive": "#1b9e77", "negative": "#d95f02", "neutral": "#7570b3", "unlabelled": "#999999"}
+FAMILY_COLORS = {"big_five": "#1f77b4", "dark_triad": "#d62728", "llm": "#9467bd", "other": "#7f7f7f"}
+_FONT = dict(family="Helvetica, Arial, sans-serif", size=13)
+
+
+def _go():
+    import plotly.graph_objects as go
+
+    return go
+
+
+def _layout(fig, title: str, **kw: Any):
+    fig.update_layout(title=dict(text=title, x=0.5), font=_FONT, template="plotly_white", **kw)
+    return fig
+
+
+@functools.lru_cache(maxsize=512)
+def _trait_attr(trait: str, attr: str) -> str:
+    """A built-in trait's ``valence`` or ``family``, ``"unlabelled"`` for traits the library lacks."""
+    from personaspace.errors import PersonaspaceError
+    from personaspace.traits import list_traits, load_trait
+
+    if trait not in list_traits():
+        return "unlabelled"
+    try:
+        return str(getattr(load_trait(trait), attr))
+    except (PersonaspaceError, AttributeError):
+        return "unlabelled"
+
+
+def similarity_heatmap(sim: SimilarityMatrix, title: str | None = None, *, order: Sequence[str] | None = None):
+    """Trait-by-trait cosine heatmap (diverging colours centred on 0); ``order`` rearranges traits."""
+    go = _go()
+    names = list(order) if order is not None else sim.traits
+    idx = [sim.traits.index(t) for t in names]
+    z = sim.values[np.ix_(idx, idx)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu_r", colorbar=dict(title="cosine"),
+            text=np.round(z, 2), texttemplate="%{text}", hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
+    kind = "centred (mean trait vector removed)" if sim.centered else "raw"
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title or f"{sim.model}: trait cosines, layer {sim.layer} ({kind})", width=760, height=700)
+
+
+def pca_scatter(
+    result: PCAResult,
+    color_by: str = "valence",
+    components: tuple[int, int] = (0, 1),
+    title: str | None = None,
+    labels: Mapping[str, str] | None = None,
+):
+    """Traits on two principal components, coloured by ``valence`` or ``family`` (from the trait library).
+
+    ``labels`` (trait -> group) overrides the library's grouping.
+    """
+    go = _go()
+    if color_by not in ("valence", "family"):
+        from personaspace.errors import PersonaspaceError
+
+        raise PersonaspaceError(f"color_by must be 'valence' or 'family', got {color_by!r}.")
+    i, j = components
+    k = result.coords.shape[1]
+    j = min(j, k - 1)
+    colors = VALENCE_COLORS if color_by == "valence" else FAMILY_COLORS
+    groups: dict[str, list[int]] = {}
+    for n, t in enumerate(result.traits):
+        g = (labels or {}).get(t) or _trait_attr(t, color_by)
+        groups.setdefault(g, []).append(n)
+    fig = go.Figure()
+    for g, rows in groups.items():
+        fig.add_trace(
+            go.Scatter(
+                x=result.coords[rows, i], y=result.coords[rows, j], mode="markers+text", name=g,
+                text=[result.traits[r] for r in rows], textposition="top center",
+                marker=dict(size=12, color=colors.get(g, "#444444"), line=dict(width=1, color="white")),
+            )
+        )
+    evr = result.explained_variance_ratio
+    fig.update_xaxes(title=f"PC{i + 1} ({100 * evr[i]:.1f} % of variance)", zeroline=True)
+    fig.update_yaxes(title=f"PC{j + 1} ({100 * evr[j]:.1f} % of variance)", zeroline=True)
+    note = "centred persona space" if result.centered else "uncentred"
+    return _layout(fig, title or f"{result.model}: PCA of trait vectors, layer {result.layer} ({note})", width=820, height=640)
+
+
+def comparison_heatmaps(comparison: Comparison, title: str | None = None):
+    """The two trait-by-trait cosine matrices side by side, with the RSA in the title."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    a, b = comparison.sim_a, comparison.sim_b
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{a.model} · layer {a.layer}", f"{b.model} · layer {b.layer}"),
+                        horizontal_spacing=0.12)
+    for col, sim in ((1, a), (2, b)):
+        fig.add_trace(
+            go.Heatmap(z=sim.values, x=sim.traits, y=sim.traits, zmin=-1, zmax=1, colorscale="RdBu_r",
+                       showscale=col == 2, colorbar=dict(title="cosine"),
+                       hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"),
+            row=1, col=col,
+        )
+        fig.update_yaxes(autorange="reversed", row=1, col=col)
+    r = comparison.metrics["rsa_pearson"]
+    text = f"RSA (Pearson) {r['value']:.3f}"
+    if "ci95" in r:
+        text += f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+    if "null_permuted" in r:
+        text += f", permuted-trait null 95 %: {r['null_permuted']['q975']:.2f}"
+    return _layout(fig, title or text, width=1300, height=640)
+
+
+def trait_cosine_bars(comparison: Comparison, title: str | None = None):
+    """Per-trait cosine between the two sets, with bootstrap 95 % intervals and the chance bands."""
+    go = _go()
+    from personaspace.errors import PersonaspaceError
+
+    if not comparison.per_trait:
+        raise PersonaspaceError("Per-trait cosines exist only for two sets of the same width.")
+    names = sorted(comparison.per_trait, key=lambda t: -comparison.per_trait[t]["cosine"])
+    vals = [comparison.per_trait[t]["cosine"] for t in names]
+    err = None
+    if all("ci95" in comparison.per_trait[t] for t in names):
+        lo = [v - comparison.per_trait[t]["ci95"][0] for t, v in zip(names, vals)]
+        hi = [comparison.per_trait[t]["ci95"][1] - v for t, v in zip(names, vals)]
+        err = dict(type="data", array=hi, arrayminus=lo, visible=True)
+    fig = go.Figure(go.Bar(x=names, y=vals, error_y=err, marker_color="#4c72b0", name="same trait"))
+    m = comparison.metrics.get("mean_trait_cosine", {})
+    other = m.get("other_trait_cosines")
+    if other:
+        fig.add_hrect(y0=other["q025"], y1=other["q975"], fillcolor="#dd8452", opacity=0.18, line_width=0,
+                      annotation_text="different traits (95 %)", annotation_position="top left")
+    rq = m.get("random_direction_q975")
+    if rq:
+        fig.add_hrect(y0=-rq, y1=rq, fillcolor="#999999", opacity=0.25, line_width=0,
+                      annotation_text="random directions (95 %)", annotation_position="bottom left")
+    fig.update_yaxes(title="cosine", range=[min(-0.2, min(vals) - 0.1), 1.05])
+    return _layout(fig, title or f"Per-trait cosine: {comparison.model_a} (L{comparison.layer_a}) vs "
+                   f"{comparison.model_b} (L{comparison.layer_b})", width=900, height=520)
+
+
+def rsa_by_layer_plot(curve: Mapping[str, Any], title: str | None = None):
+    """RSA (and CKA, mean per-trait cosine when present) against layer, with the permuted-trait null."""
+    go = _go()
+    x = curve["layers_a"]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=curve["rsa_pearson"], mode="lines+markers", name="RSA Pearson (raw)"))
+    fig.add_trace(go.Scatter(x=x, y=curve["rsa_spearman"], mode="lines+markers", name="RSA Spearman (raw)"))
+    fig.add_trace(go.Scatter(x=x, y=curve["rsa_pearson_centered"], mode="lines+markers", name="RSA Pearson (centred)"))
+    fig.add_trace(go.Scatter(x=x, y=curve["cka_linear"], mode="lines", name="linear CKA", line=dict(dash="dot")))
+    if curve.get("mean_trait_cosine"):
+        fig.add_trace(go.Scatter(x=x, y=curve["mean_trait_cosine"], mode="lines", name="mean per-trait cosine",
+                                 line=dict(dash="dash")))
+    fig.add_trace(go.Scatter(x=x, y=curve["null_q95"], mode="lines", name="permuted-trait null (95th pct.)",
+                             line=dict(color="grey", dash="dashdot")))
+    fig.update_xaxes(title=f"layer of {curve['model_a']}")
+    fig.update_yaxes(title="similarity", range=[-0.5, 1.05])
+    return _layout(fig, title or f"Persona-space similarity by layer: {curve['model_a']} vs {curve['model_b']}",
+                   width=900, height=520)
+
+
+def layer_profile_plot(profile: Mapping[str, Any], title: str | None = None, model: str = ""):
+    """Two panels over layers: every trait vector's norm; and the space's separation statistics."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    x = profile["layers"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("vector norm by layer", "persona-space structure by layer"),
+                        horizontal_spacing=0.1)
+    for t, norms in profile["norms"].items():
+        color = VALENCE_COLORS.get(_trait_attr(t, "valence"), "#444444")
+        fig.add_trace(go.Scatter(x=x, y=norms, mode="lines", name=t, line=dict(color=color, width=1.5),
+                                 legendgroup="norms"), row=1, col=1)
+    series = [("mean_abs_cos_raw", "mean |cos| raw"), ("mean_abs_cos_centered", "mean |cos| centred"),
+              ("pc1_explained", "PC1 variance share"), ("valence_gap", "valence gap (cos)"),
+              ("pc1_auroc", "PC1 valence AUROC")]
+    for key, label in series:
+        if profile.get(key):
+            fig.add_trace(go.Scatter(x=x, y=profile[key], mode="lines+markers", name=label, legendgroup="stats",
+                                     marker=dict(size=4)), row=1, col=2)
+    fig.update_xaxes(title="layer")
+    fig.update_yaxes(title="L2 norm", row=1, col=1)
+    return _layout(fig, title or f"{model} layer profile".strip(), width=1300, height=560)
+
+
+def svv_agreement_plot(report: SVVReport, title: str | None = None):
+    """Cosine between SVV definitions, and their leave-one-trait-out accuracy, against layer."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    layers = list(next(iter(report.vectors.values())).layers)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("cosine between SVV definitions",
+                                                        "leave-one-trait-out valence accuracy"))
+    for key, vals in report.agreement_by_layer.items():
+        fig.add_trace(go.Scatter(x=layers, y=vals, mode="lines+markers", name=key, marker=dict(size=4)), row=1, col=1)
+    lx = report.loto_by_layer["layers"]
+    for d in report.vectors:
+        fig.add_trace(go.Scatter(x=lx, y=report.loto_by_layer[d], mode="lines+markers", name=f"LOTO {d}",
+                                 marker=dict(size=4)), row=1, col=2)
+    fig.add_hline(y=0.5, line_dash="dot", line_color="grey", row=1, col=2)
+    fig.update_xaxes(title="layer")
+    fig.update_yaxes(range=[-1.05, 1.05], row=1, col=1)
+    fig.update_yaxes(range=[0, 1.05], row=1, col=2)
+    return _layout(fig, title or "Semantic Valence Vector: agreement and held-out accuracy", width=1300, height=520)
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def find_chromium() -> str | None:
+    """A headless-capable Chromium/Chrome on the PATH (``$PERSONASPACE_CHROMIUM`` wins), or None."""
+    env = os.environ.get("PERSONASPACE_CHROMIUM")
+    if env and shutil.which(env):
+        return shutil.which(env)
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def chromium_command(binary: str, *args: str) -> list[str]:
+    """Headless Chromium with no network (so a plot that needs a CDN fails visibly) and no sandbox for root."""
+    cmd = [binary, "--headless", "--disable-gpu", "--hide-scrollbars", "--mute-audio", "--no-first-run",
+           "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--no-sandbox")
+    return cmd + list(args)
+
+
+def _png_kaleido(fig, path: Path, width: int, height: int) -> bool:
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return False
+    try:
+        data = fig.to_image(format="png", width=width, height=height)
+    except Exception:
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return True
+
+
+def _png_chromium(fig, path: Path, width: int, height: int) -> bool:
+    binary = find_chromium()
+    if binary is None:
+        return False
+    with tempfile.TemporaryDirectory(prefix="personaspace-png-") as tmpdir:
+        html = Path(tmpdir) / "figure.html"
+        shot = Path(tmpdir) / "figure.png"
+        fig.write_html(str(html), include_plotlyjs=True, full_html=True,
+                       config={"staticPlot": True, "displayModeBar": False},
+                       default_width=f"{width}px", default_height=f"{height}px")
+        cmd = chromium_command(binary, f"--screenshot={shot}", f"--window-size={width},{height}",
+                               f"--user-data-dir={Path(tmpdir) / 'profile'}", html.as_uri())
+        try:
+            subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        if not shot.is_file() or shot.stat().st_size == 0:
+            return False
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(shot.read_bytes())
+    return True
+
+
+def write_figure(fig, path: str | os.PathLike, *, png: bool | None = None) -> list[Path]:
+    """Write ``fig`` as ``<path>.html`` (plotly.js embedded: opens offline) and maybe ``<path>.png``.
+
+    ``png=None`` writes a PNG when an exporter is available (kaleido, else headless Chromium);
+    ``png=True`` makes a missing exporter an error; ``png=False`` skips it. Returns the files written.
+    """
+    from personaspace.errors import PersonaspaceError
+
+    base = Path(path)
+    if base.suffix in (".html", ".png"):
+        base = base.with_suffix("")
+    html = base.with_suffix(".html")
+    write_text(html, fig.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False}))
+    written = [html]
+    if png is not False:
+        width = int(fig.layout.width or 900)
+        height = int(fig.layout.height or 600)
+        target = base.with_suffix(".png")
+        if _png_kaleido(fig, target, width, height) or _png_chromium(fig, target, width, height):
+            written.append(target)
+        elif png:
+            raise PersonaspaceError(
+                "No static image exporter: install kaleido (pip install kaleido) or Chromium (Debian: "
+                "apt-get install -y chromium), or pass png=False."
+            )
+    return written
