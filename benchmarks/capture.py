@@ -18,10 +18,17 @@ import statistics
 import time
 
 import torch
-
 from _common import (
-    best_of, block_matmul_gflops, decoder_flops, make_pairs, matmul_peak_gflops, rel_err, report, sustained_matmul_gflops,
+    best_of,
+    block_matmul_gflops,
+    decoder_flops,
+    make_pairs,
+    matmul_peak_gflops,
+    rel_err,
+    report,
+    sustained_matmul_gflops,
 )
+
 from personaspace import load_model
 from personaspace.engine.model import with_backend
 

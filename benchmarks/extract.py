@@ -16,9 +16,11 @@ import argparse
 import time
 
 import torch
-
 from _common import rel_err, report
+
 from personaspace import load_model, load_trait
+
+
 def prompts_for(trait, per_side: int):
     rows = []
     for side in ("pos", "neg"):

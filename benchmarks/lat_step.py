@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import best_of, report
+
 from personaspace.align.data import lpa_data
 from personaspace.align.lat import (
     Anchor,
@@ -27,9 +27,9 @@ from personaspace.align.lat import (
     pack_triples,
     pgd_attack,
 )
-from personaspace.engine.adapters import add_lora
-from personaspace.align.training import TrainConfig
+from personaspace.align.training import LORA_TARGETS, TrainConfig
 from personaspace.engine import PersonaModel
+from personaspace.engine.adapters import add_lora
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
 
     base = PersonaModel.load(args.model)
     data = lpa_data()
-    adapted = add_lora(base, r=defaults.lora_r)
+    adapted = add_lora(base, r=defaults.lora_r, targets=LORA_TARGETS)
     m = adapted.model
     batch = pack_triples(m, data.train[: args.batch_size])
     anchors = pack_anchors(m, data.anchors[: defaults.anchor_batch_size])

@@ -36,7 +36,7 @@ _EXPORTS = {
     "Trait": "personaspace.traits.schema",
     "list_traits": "personaspace.traits.library",
     "load_trait": "personaspace.traits.library",
-    "get_judge": "personaspace.judges",
+    "get_judge": "personaspace.judges.resolve",
     "ExtractionConfig": "personaspace.extraction.pipeline",
     "extract": "personaspace.extraction.pipeline",
     "PersonaVector": "personaspace.vectors.store",
@@ -117,7 +117,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from personaspace.geometry.comparison import compare_spaces
     from personaspace.geometry.space import cosine_matrix, pca
     from personaspace.geometry.valence import svv
-    from personaspace.judges import get_judge
+    from personaspace.judges.resolve import get_judge
     from personaspace.models.registry import DEFAULT_MODEL
     from personaspace.monitoring.projections import monitor
     from personaspace.steering.evaluate import steer

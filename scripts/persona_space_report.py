@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from personaspace import geometry as g  # noqa: E402
 from personaspace._util.io import write_text  # noqa: E402
 from personaspace.cli.geometry import geometry_report  # noqa: E402
+from personaspace.engine.layers import default_layer  # noqa: E402
 from personaspace.vectors.store import load_vectors  # noqa: E402
 
 
@@ -68,7 +69,7 @@ def _reading(a: dict, comp: dict | None) -> list[str]:
                       "No definition beats the label-shuffle null at p < 0.05: with 16 traits, the evidence that an SVV "
                       "generalises to an unseen trait is weak on these vectors."))
         ag = svv["agreement"]
-        out.append(f"- **SVV definitions agree only partly**: " + ", ".join(f"{k} {v:.2f}" for k, v in ag.items()) +
+        out.append("- **SVV definitions agree only partly**: " + ", ".join(f"{k} {v:.2f}" for k, v in ag.items()) +
                    ". The contrast and probe directions are close (a regularised probe leans towards the class-mean "
                    "difference); PC1 is the direction of largest spread, which valence explains only in part.")
     s = a["summary"]
@@ -102,7 +103,7 @@ def main() -> None:
     started = time.time()
     vs = load_vectors(args.vectors)
     other = load_vectors(args.vectors, args.compare_position) if args.compare_position else None
-    layer = g.default_layer(vs) if args.layer is None else args.layer
+    layer = default_layer(vs.layers) if args.layer is None else args.layer
     html_dir = ROOT / "runs" / "persona_space"
     res = geometry_report(vs, other, layer=layer, out=html_dir, n_boot=args.n_boot, n_null=args.n_null)
     fig_dir = Path(args.page).parent / "figures"

@@ -10,7 +10,8 @@
 Modules: :mod:`~personaspace.align.lat` (perturbation, PGD adversary, defence step; any
 (prompt, safe, unsafe) data), :mod:`~personaspace.engine.adapters` (the adapter), :mod:`~personaspace.align.data`
 (statements, instructions, user files, request sets), :mod:`~personaspace.align.training` (LPA and the SFT
-ablation), :mod:`~personaspace.align.evaluate` (harm probe, attacks, utility, projections) and
+ablation), :mod:`~personaspace.align.evaluate` (harm probe, attacks, utility; projections come from
+:func:`personaspace.monitoring.shift.projection_shift`) and
 :mod:`~personaspace.align.comparison` (base vs LPA vs SFT table). See docs/align.md.
 """
 
@@ -33,7 +34,6 @@ from personaspace.align.evaluate import (
     attack_success,
     generation_refusals,
     harm_probe,
-    projection_shift,
     reference_answers,
     refusal_logodds,
     statement_preference,
@@ -49,7 +49,6 @@ from personaspace.align.lat import (
     Packed,
     Perturbation,
     Triple,
-    default_layers,
     defence_loss,
     defence_step,
     eps_for_width,
@@ -57,8 +56,8 @@ from personaspace.align.lat import (
     pack_triples,
     pgd_attack,
 )
-from personaspace.engine.adapters import Adapted, add_lora, load_adapter
 from personaspace.align.training import AlignResult, TrainConfig, train
+from personaspace.engine.adapters import Adapted, add_lora, load_adapter
 
 __all__ = [
     "EMBED",
@@ -82,7 +81,6 @@ __all__ = [
     "add_lora",
     "attack_success",
     "compare",
-    "default_layers",
     "defence_loss",
     "defence_step",
     "eps_for_width",
@@ -98,7 +96,6 @@ __all__ = [
     "pack_anchors",
     "pack_triples",
     "pgd_attack",
-    "projection_shift",
     "reference_answers",
     "refusal_logodds",
     "statement_preference",

@@ -22,16 +22,17 @@ from personaspace._util.io import write_json, write_text
 from personaspace.align.data import STATEMENT_FORMAT, LPAData, Request, load_requests, neutral_prompts
 from personaspace.align.evaluate import (
     attack_success,
+    generation_refusals,
     harm_probe,
-    projection_shift,
     reference_answers,
     statement_preference,
     utility,
-    generation_refusals,
 )
 from personaspace.align.lat import Anchor, AttackConfig, Triple
 from personaspace.align.training import TrainConfig, train
 from personaspace.engine import PersonaModel
+from personaspace.judges import get_judge
+from personaspace.monitoring.shift import projection_shift
 
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
@@ -93,7 +94,8 @@ def evaluate_model(
         "utility": utility(model, base, answers, batch_size=min(cfg.batch_size, 8)),
     }
     if cfg.vectors is not None:
-        res["projections"] = projection_shift(model, base, cfg.vectors, data.source.get("traits", []))
+        traits = [t for t in data.source.get("traits", []) if t in cfg.vectors]
+        res["projections"] = projection_shift(base, model, cfg.vectors, traits=traits) if traits else {}
     if cfg.generate:
         harmful = [r for r in requests if r.label == "harmful"][: cfg.generate]
         benign = [r for r in requests if r.label == "benign"][: cfg.generate]
@@ -105,7 +107,6 @@ def evaluate_model(
 def preflight(cfg: EvalConfig, out: str | os.PathLike | None = None) -> None:
     """What can fail late, checked first: the judge (when answers will be judged) and the output directory."""
     from personaspace._util import checks
-    from personaspace.judges import ready_judge
 
     checks.non_negative_int("generate", cfg.generate)
     checks.positive_int("attack_steps", cfg.attack_steps)
@@ -115,7 +116,7 @@ def preflight(cfg: EvalConfig, out: str | os.PathLike | None = None) -> None:
     for lr in cfg.attack_lrs:
         checks.finite("attack learning rate", lr, lo=0, lo_open=True)
     if cfg.generate:
-        ready_judge(cfg.judge)
+        get_judge(cfg.judge, probe=True)
     if out is not None:
         checks.writable_dir(out)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from personaspace.align.lat import Anchor, Triple
-from personaspace.data.narrow import iter_jsonl_objects
+from personaspace.data.chat import iter_jsonl_objects
 from personaspace.errors import DatasetError
 
 DEFAULT_TRAITS = ("evil", "sycophancy", "hallucination")

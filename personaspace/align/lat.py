@@ -23,6 +23,7 @@ that predict completion tokens.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,18 +32,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from personaspace.engine.layers import check_layer
+from personaspace.engine.forward import EMBED, Edits, TokenBatch, hidden_states, output_logits, residual_edits
+from personaspace.engine.layers import check_layer, default_layers
 from personaspace.errors import AlignmentError, LayerOutOfRangeError
 
 if TYPE_CHECKING:
     from personaspace.engine import PersonaModel
     from personaspace.engine.chat import PromptLike
 
-EMBED = "embed"
 REFERENCE_EPS = 6.0
 REFERENCE_WIDTH = 4096
 
 AttackLayer = int | str  # a decoder block index, or EMBED for the embedding output
+ATTACK_BLOCKS = 4  # decoder blocks perturbed by default, besides the embedding output
 
 
 # ---- data the engine consumes ---------------------------------------------------------------------
@@ -73,16 +75,14 @@ def eps_for_width(d_model: int, eps_ref: float = REFERENCE_EPS, width_ref: int =
     return float(eps_ref * math.sqrt(d_model / width_ref))
 
 
-def default_layers(n_layers: int, n_blocks: int = 4) -> tuple[AttackLayer, ...]:
-    """The embedding output plus ``n_blocks`` evenly spaced blocks, ``round(k * n / (n_blocks + 1))``."""
-    blocks = sorted({min(n_layers - 1, max(0, round(k * n_layers / (n_blocks + 1)))) for k in range(1, n_blocks + 1)})
-    return (EMBED, *blocks)
-
-
 def resolve_attack_layers(spec: Any, n_layers: int) -> tuple[AttackLayer, ...]:
-    """``None`` (default layers), ``"embed,6,12"`` or an iterable of ints and ``"embed"``."""
+    """``None``, ``"embed,6,12"`` or an iterable of ints and ``"embed"``.
+
+    ``None`` is the default: the embedding output plus :data:`ATTACK_BLOCKS` evenly spaced blocks
+    (:func:`~personaspace.engine.layers.default_layers`: embed, 6, 12, 18, 24 of 30).
+    """
     if spec is None:
-        return default_layers(n_layers)
+        return (EMBED, *default_layers(n_layers, ATTACK_BLOCKS))
     parts = spec.replace(" ", "").split(",") if isinstance(spec, str) else list(spec if not isinstance(spec, int) else [spec])
     out: list[AttackLayer] = []
     for part in parts:
@@ -198,24 +198,13 @@ def target_logits(model: PersonaModel, batch: Packed, perturbation: Perturbation
 
     With a ``perturbation``, it is applied to the residual stream for this forward only.
     """
-    hf = model.hf_model
-    head = hf.get_output_embeddings()
-    cap = getattr(hf.config, "final_logit_softcapping", None)
+    tokens = TokenBatch(batch.input_ids, batch.attention_mask, batch.position_ids)
+    hidden = hidden_states(model, tokens, edits=perturbation.edits() if perturbation is not None else None)  # [B, T, d]
 
-    def at(hidden: Tensor, t: Targets) -> Tensor:
-        h = hidden.gather(1, t.pos[..., None].expand(-1, -1, hidden.shape[-1]))
-        logits = head(h).float()
-        return torch.tanh(logits / cap) * cap if cap else logits
+    def at(t: Targets) -> Tensor:
+        return output_logits(model, hidden.gather(1, t.pos[..., None].expand(-1, -1, hidden.shape[-1])))
 
-    with perturbation.applied(model) if perturbation is not None else contextlib.nullcontext():
-        out = hf.get_decoder()(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        )
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [B, T, d]
-        return at(hidden, batch.first), (at(hidden, batch.second) if batch.second is not None else None)
+    return at(batch.first), (at(batch.second) if batch.second is not None else None)
 
 
 def token_logprobs(logits: Tensor, t: Targets) -> Tensor:
@@ -307,19 +296,13 @@ class Perturbation:
             )
         return hidden + delta.to(hidden.dtype) * self.mask.to(hidden.dtype)
 
-    @contextlib.contextmanager
-    def applied(self, model: PersonaModel) -> Iterator[None]:
-        """Add the perturbation inside the block; every hook is removed on exit, also on errors."""
-        handle = None
-        if EMBED in self.deltas:
-            handle = model.hf_model.get_input_embeddings().register_forward_hook(lambda _m, _a, out: self._add(EMBED, out))
-        fns = {layer: (lambda lay, h: self._add(lay, h)) for layer in self.layers if layer != EMBED}
-        try:
-            with model.backend.hooks(fns, stop_after=None):
-                yield
-        finally:
-            if handle is not None:
-                handle.remove()
+    def edits(self) -> Edits:
+        """What the engine adds at each perturbed site (the embedding output and block outputs)."""
+        return {layer: functools.partial(self._add, layer) for layer in self.layers}
+
+    def applied(self, model: PersonaModel) -> contextlib.AbstractContextManager[None]:
+        """Add the perturbation to every forward inside the block; every hook is removed on exit, also on errors."""
+        return residual_edits(model, self.edits())
 
 
 @dataclass

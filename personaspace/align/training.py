@@ -35,11 +35,12 @@ from personaspace.align.lat import (
     pack_triples,
     pgd_attack,
 )
-from personaspace.engine.adapters import ADAPTER_DIR, Adapted, add_lora
 from personaspace.engine import PersonaModel
+from personaspace.engine.adapters import ADAPTER_DIR, Adapted, add_lora
 
 METHODS = ("lpa", "sft")
 TRAIN_FILE = "train.json"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")  # the published recipe's LoRA modules
 
 
 @dataclass
@@ -104,7 +105,7 @@ class AlignResult:
     def save(self, out: str | os.PathLike) -> Path:
         """Write ``out/adapter/`` (peft) and ``out/train.json`` in one atomic step."""
         with atomic_dir(out) as tmp:
-            self.adapted.peft.save_pretrained(str(tmp / ADAPTER_DIR))
+            self.adapted.save(tmp / ADAPTER_DIR, method=self.method)
             write_json(tmp / TRAIN_FILE, self.summary())
         return Path(out)
 
@@ -146,7 +147,7 @@ def train(
     attack = AttackConfig(eps=cfg.eps, steps=cfg.pgd_steps, lr=cfg.pgd_lr, layers=cfg.layers)
     eps, layers = attack.resolved(model)
     rng = random.Random(cfg.seed)
-    adapted = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, seed=cfg.seed, name=method)
+    adapted = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, targets=LORA_TARGETS, seed=cfg.seed, name=method)
     m = adapted.model
     optimizer = torch.optim.Adam(adapted.trainable(), lr=cfg.lr)
     weights = DefenceWeights(cfg.towards, cfg.away, cfg.kl if anchors else 0.0)

@@ -39,7 +39,7 @@ def _split(text: str) -> list[str]:
 
 
 def _data(traits: str, anchors: str, mode: str, statements: Optional[Path], triples: Optional[Path], holdout: float, seed: int):
-    from personaspace.align.data import LPAData, lpa_data, load_triples
+    from personaspace.align.data import LPAData, load_triples, lpa_data
 
     if triples is not None:
         rows = load_triples(triples)
@@ -218,8 +218,8 @@ def eval_cmd(
     seed: int = SEED,
 ) -> None:
     """Harm probe, statement preference, attack robustness and utility of a model (with or without an adapter)."""
-    from personaspace._util.io import write_json
     from personaspace._util import checks
+    from personaspace._util.io import write_json
     from personaspace.align.comparison import evaluate_model, preflight, table_markdown, utility_answers
     from personaspace.align.data import load_requests
     from personaspace.engine.adapters import load_adapter
@@ -232,7 +232,7 @@ def eval_cmd(
     preflight(cfg)  # judge and sizes checked before any work
     if out is not None:
         checks.writable_file(out)
-    target = load_adapter(base, adapter).model if adapter is not None else base
+    target = load_adapter(adapter, base).model if adapter is not None else base
     label = "adapter" if adapter is not None else "base"
     with console.status("Evaluating..."):
         answers = utility_answers(base, cfg)
@@ -278,10 +278,9 @@ def compare_cmd(
     seed: int = SEED,
 ) -> None:
     """Base vs LPA vs plain SFT on the same statements, with the number of training examples each used."""
+    from personaspace._util import checks
     from personaspace.align.comparison import compare
     from personaspace.align.data import load_requests
-
-    from personaspace._util import checks
     _attack_lrs(attack_lr)  # a typo here fails before the model loads
     checks.writable_dir(out)
     data = _data(traits, anchor_traits, mode, statements, None, holdout, seed)

@@ -106,13 +106,13 @@ def eval_cmd(
     # Fail fast: questions, settings, judge and output checked before the model loads.
     from personaspace._util import checks
     from personaspace.em import load_questions
-    from personaspace.judges import ready_judge
+    from personaspace.judges import get_judge
 
     questions = load_questions(questions)
     if samples is not None:
         checks.positive_int("samples", samples)
     checks.sampling(temperature, 1.0, max_new_tokens)
-    judge = ready_judge(judge, cache=True)
+    judge = get_judge(judge, cache=True, probe=True)
     if out:
         checks.writable_dir(out)
     with console.status(f"Loading {model}..."):
@@ -120,7 +120,7 @@ def eval_cmd(
         m = load_finetuned(p) if p.is_dir() and not (p / "config.json").is_file() else PersonaModel.load(model)
     ivs = []
     if add or ablate:
-        from personaspace.steering.evaluate import parse_specs, resolve_specs
+        from personaspace.steering.spec import parse_specs, resolve_specs
         from personaspace.vectors.store import load_vectors
 
         vs = load_vectors(vectors or model)

@@ -35,6 +35,7 @@ def em_cmd(
     import torch
 
     from personaspace.em.experiment import DEFAULT_TRAITS, ExperimentConfig, run_em_experiment
+    from personaspace.viz.em import write_em_figures
 
     if threads is not None:
         from personaspace._util import checks
@@ -42,6 +43,7 @@ def em_cmd(
     sizes = {k: v for k, v in {"n_rows": rows, "em_samples": samples}.items() if v is not None}
     cfg = ExperimentConfig(model=model, traits=tuple(trait) or DEFAULT_TRAITS, vectors=vectors, domain=domain,
                            judge=judge, questions=questions, layer=layer, amplify_coef=amplify_coef, **sizes)
-    run_em_experiment(cfg, out, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    results = run_em_experiment(cfg, out, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+    write_em_figures(results, out)
     console.print((out / "results.md").read_text())
     console.print(f"run directory: [bold]{out}[/bold] (results.json, results.md, figures/)")

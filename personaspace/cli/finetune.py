@@ -33,7 +33,7 @@ def training_interventions(model, steer: List[str], ablate: List[str], vectors: 
     """Parse ``--steer``/``--ablate`` specs (the steering syntax) into engine interventions for training."""
     if not steer and not ablate:
         return []
-    from personaspace.steering.evaluate import parse_specs, resolve_specs
+    from personaspace.steering.spec import parse_specs, resolve_specs
     from personaspace.vectors.store import load_vectors
 
     vs = load_vectors(vectors or model.name, position=position)
@@ -68,11 +68,9 @@ def run_cmd(
     save_every: Optional[int] = typer.Option(None, help="Save an adapter checkpoint every N steps."),
 ) -> None:
     """LoRA fine-tune on the assistant turns of a chat dataset."""
-    from personaspace.data.narrow import load_chat_jsonl
-    from personaspace.finetuning.train import finetune
-
     from personaspace._util import checks
-    from personaspace.finetuning.train import FinetuneConfig
+    from personaspace.data.chat import load_chat_jsonl
+    from personaspace.finetuning.train import FinetuneConfig, finetune
 
     data_rows = load_chat_jsonl(data, limit=rows)
     FinetuneConfig(rank=rank, alpha=alpha, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
@@ -124,9 +122,9 @@ def make_data_cmd(
     checks.sampling(temperature, 1.0, max_new_tokens)
     checks.writable_file(out)
     if judge:
-        from personaspace.judges import ready_judge
+        from personaspace.judges import get_judge
 
-        judge = ready_judge(judge, cache=True)  # before the model loads and anything is generated
+        judge = get_judge(judge, cache=True, probe=True)  # before the model loads and anything is generated
     m = _load_model(model)
     with console.status(f"Generating {rows} {kind} rows for {domain}..."):
         ds = make_narrow_dataset(m, domain, kind, n_rows=rows, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -140,7 +138,7 @@ def make_data_cmd(
 @app.command("check-data")
 def check_data_cmd(data: Path = typer.Argument(..., help="Chat JSONL to validate.")) -> None:
     """Validate a chat JSONL file (one clear error with the line number, or a short summary)."""
-    from personaspace.data.narrow import dataset_hash, load_chat_jsonl
+    from personaspace.data.chat import dataset_hash, load_chat_jsonl
 
     rows = load_chat_jsonl(data)
     turns = sum(sum(1 for m in r["messages"] if m["role"] == "assistant") for r in rows)

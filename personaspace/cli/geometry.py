@@ -12,6 +12,8 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
+from personaspace._util import stats as st
+from personaspace.engine.layers import default_layer
 from personaspace.vectors.store import VectorSet
 
 
@@ -52,7 +54,7 @@ def single_set_report(vectors: VectorSet, layer: int, *, n_boot: int = 200, n_nu
 
     observed = stats(vectors)
     nulls = [stats(g.random_set(vectors, seed=seed + 1000 + i)) for i in range(n_null)]
-    summary = {k: {"value": v, "null_random": g.null_summary(v, [n[k] for n in nulls])} for k, v in observed.items()}
+    summary = {k: {"value": v, "null_random": st.null_summary(v, [n[k] for n in nulls])} for k, v in observed.items()}
 
     report: dict[str, Any] = {
         "model": vectors.model,
@@ -83,7 +85,7 @@ def single_set_report(vectors: VectorSet, layer: int, *, n_boot: int = 200, n_nu
             bounds = {"common_component_norm": (0.0, np.inf)}
             for k in summary:
                 values = [r[k] for r in reps]
-                summary[k].update(g.bootstrap_intervals(values, summary[k]["value"], bounds=bounds.get(k, (0.0, 1.0))))
+                summary[k].update(st.bootstrap_intervals(values, summary[k]["value"], bounds=bounds.get(k, (0.0, 1.0))))
                 summary[k]["boot_mean"] = float(np.mean(values))
             mats = np.stack([g.cosine_matrix(s, layer).values for s in boot])
             lo, hi = np.quantile(mats, 0.025, axis=0), np.quantile(mats, 0.975, axis=0)
@@ -94,8 +96,8 @@ def single_set_report(vectors: VectorSet, layer: int, *, n_boot: int = 200, n_nu
                 y = np.array([labels[t] for t in names])
                 aucs = [g._separation_stat(g._pca_arrays(g.trait_matrix(s, layer, names))[2][:, 0], y) for s in boot]
                 sep = report["valence_separation_pc1"]
-                sep.update(g.bootstrap_intervals(aucs, sep["auroc"], bounds=(0.5, 1.0)))  # sign-free AUROC
-            report["bootstrap"]["interval"] = g.BOOTSTRAP_INTERVALS
+                sep.update(st.bootstrap_intervals(aucs, sep["auroc"], bounds=(0.5, 1.0)))  # sign-free AUROC
+            report["bootstrap"]["interval"] = st.BOOTSTRAP_INTERVALS
     return report
 
 
@@ -113,18 +115,17 @@ def geometry_report(
 ) -> dict[str, Any]:
     """Measure one persona space (and compare it with a second one); write JSON and figures to ``out``."""
 
+    from personaspace._util import checks
+    from personaspace._util.io import write_json
     from personaspace.geometry import comparison as cmp
     from personaspace.geometry import space as g
-    from personaspace.viz import plots
-    from personaspace._util.io import write_json
     from personaspace.geometry.valence import svv_report
-
-    from personaspace._util import checks
+    from personaspace.viz import plots
     if out is not None:
         checks.writable_dir(out)  # before the bootstrap, not when the figures are written
     checks.non_negative_int("n_boot", n_boot)  # 0 = no bootstrap
     checks.positive_int("n_null", n_null)
-    layer = g.default_layer(vectors) if layer is None else g._check_layer(vectors, layer)
+    layer = default_layer(vectors.layers) if layer is None else g._check_layer(vectors, layer)
     result: dict[str, Any] = {"a": single_set_report(vectors, layer, n_boot=n_boot, n_null=min(n_null, 200), seed=seed)}
     profile = g.layer_profile(vectors)
     result["a"]["layer_profile"] = profile

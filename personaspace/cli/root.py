@@ -88,7 +88,7 @@ def explain_cmd(
 @models_app.command("list")
 def models_list() -> None:
     """List the embedded models and whether their weights are installed and converted."""
-    from personaspace.models import EMBEDDED, DEFAULT_MODEL
+    from personaspace.models import DEFAULT_MODEL, EMBEDDED
     from personaspace.models.embedded import status
 
     table = Table(title="Embedded models (also accepted: local directories and hub ids)")
@@ -177,8 +177,8 @@ def extract_cmd(
     save_to: Optional[str] = typer.Option(None, help="Also add the vectors to this VectorSet directory (e.g. vectors/smollm2-135m-instruct)."),
 ) -> None:
     """Extract a persona vector: contrast prompts, judged answers, mean activation difference per layer."""
+    from personaspace.cli.tables import ExtractionProgress, extraction_table
     from personaspace.extraction.pipeline import extract
-    from personaspace.cli.tables import extraction_table, ExtractionProgress
 
     if save_to:
         from personaspace._util import checks

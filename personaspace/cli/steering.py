@@ -38,7 +38,7 @@ def _load_vectors(vectors: Optional[str], model_name: str, position: str):
 
 
 def _pick(vectors, name: str):
-    from personaspace.steering.evaluate import _lookup, SteerSpec
+    from personaspace.steering.spec import SteerSpec, _lookup
 
     return _lookup(name, vectors, SteerSpec("ablate", name, "all", text=name))
 
@@ -100,7 +100,8 @@ def steer_cmd(
     A spec names the vector, the row it is read from (default: the layer it is applied at), the
     layers it is applied at, and optionally the positions: see docs/steering.md.
     """
-    from personaspace.steering.evaluate import evaluate_steering, parse_specs, resolve_specs, steer
+    from personaspace.steering.evaluate import evaluate_steering, steer
+    from personaspace.steering.spec import parse_specs, resolve_specs
 
     specs = parse_specs(add, ablate, cap)
     if not specs:
@@ -112,9 +113,9 @@ def steer_cmd(
     if evaluate:
         if not trait:
             raise InvalidArgumentError("--evaluate needs --trait (its evaluation questions, rubric and judge anchors).")
-        from personaspace.judges import ready_judge
+        from personaspace.judges import get_judge
 
-        judge_obj = ready_judge(judge, cache=True)  # spec, key and endpoint checked before the model loads
+        judge_obj = get_judge(judge, cache=True, probe=True)  # spec, key and endpoint checked before the model loads
     prompts = list(prompt)
     if prompts_file is not None:
         if not prompts_file.is_file():
@@ -209,7 +210,7 @@ def sweep_cmd(
     vectors: Optional[str] = typer.Option(None, help=_VECTORS_HELP),
     vector: Optional[str] = typer.Option(None, help="Vector name in the set (default: the trait name)."),
     position: str = typer.Option("response_avg", help="Which reduction's vectors to load."),
-    layers: str = typer.Option("auto", help="auto (every third layer, 20-80% depth) or e.g. 6-24, 8,12,16."),
+    layers: str = typer.Option("auto", help="auto (about every tenth of the depth from 20 to 80%: 6,9,...,24 of 30) or e.g. 6-24, 8,12,16."),
     coefs: str = typer.Option("0,0.25,0.5,1", help="Comma-separated coefficients."),
     coef_mode: str = typer.Option("relative", help="relative (fraction of the residual norm at the layer) or raw (x stored vector)."),
     scope: str = typer.Option("all", help="all | prompt | response."),
@@ -238,9 +239,9 @@ def sweep_cmd(
     )  # fmt: skip
     if out:
         checks.writable_dir(out)
-    from personaspace.judges import ready_judge
+    from personaspace.judges import get_judge
 
-    judge_obj = ready_judge(judge, cache=True)  # before the model loads and anything is generated
+    judge_obj = get_judge(judge, cache=True, probe=True)  # before the model loads and anything is generated
     from personaspace.traits import load_trait
 
     tr = load_trait(trait)  # trait and vectors first: a misspelt name fails before the model loads
@@ -315,7 +316,8 @@ def monitor_cmd(
 ) -> None:
     """Project prompts and responses onto a vector, per prompt and per token; or correlate with the judge."""
     from personaspace._util.io import write_json, write_text
-    from personaspace.monitoring.projections import monitor, monitor_trait, token_projections, token_view_html
+    from personaspace.monitoring.projections import monitor, monitor_trait, token_projections
+    from personaspace.viz.steering import token_view_html
 
     checks.positive_int("max_new_tokens", max_new_tokens)
     if not correlate and not prompt:
@@ -327,9 +329,9 @@ def monitor_cmd(
     if html:
         checks.writable_dir(html.parent)
     if correlate or judge:
-        from personaspace.judges import ready_judge
+        from personaspace.judges import get_judge
 
-        judge = ready_judge(judge or "offline", cache=True)  # before the model loads
+        judge = get_judge(judge or "offline", cache=True, probe=True)  # before the model loads
     vs = _load_vectors(vectors, model, position)  # vectors first: a misspelt name fails before the model loads
     vec = _pick(vs, trait)
     m = _load_model(model)

@@ -29,10 +29,10 @@ import numpy as np
 
 from personaspace._util import checks
 from personaspace._util.io import write_json, write_text
+from personaspace._util.stats import bootstrap_ci, mean_difference_ci, wilson_ci
 from personaspace.em.questions import QuestionSet, load_questions
 from personaspace.errors import InvalidArgumentError
-from personaspace.judges import JudgeItem, ready_judge
-from personaspace._util.stats import bootstrap_ci, wilson_ci
+from personaspace.judges import JudgeItem, get_judge
 
 _OPS: dict[str, Callable[[float, float], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 DENOMINATORS = ("coherent", "all")
@@ -127,12 +127,10 @@ def rate_difference(
     ia, ib = conv.indicators(*a), conv.indicators(*b)
     if not len(ia) or not len(ib):
         return {"diff": float("nan"), "ci95": [float("nan"), float("nan")], "n_a": len(ia), "n_b": len(ib)}
-    rng = np.random.default_rng(seed)
-    boots = rng.choice(ib, (n_boot, len(ib))).mean(1) - rng.choice(ia, (n_boot, len(ia))).mean(1)
     return {
         "convention": conv.name,
         "diff": float(ib.mean() - ia.mean()),
-        "ci95": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))],
+        "ci95": mean_difference_ci(ia, ib, n_boot=n_boot, seed=seed),
         "n_a": int(len(ia)),
         "n_b": int(len(ib)),
     }
@@ -347,7 +345,7 @@ def evaluate_em(
     _check_settings(s)
     qset = questions if isinstance(questions, QuestionSet) else load_questions(questions)
     conventions = tuple(get_convention(c) for c in conventions)
-    judge_obj = ready_judge(judge, cache=True)  # before the model loads and anything is sampled
+    judge_obj = get_judge(judge, cache=True, probe=True)  # before the model loads and anything is sampled
     if out is not None:
         checks.writable_dir(out)
     if not isinstance(model, PersonaModel):
@@ -357,16 +355,10 @@ def evaluate_em(
     t1 = time.perf_counter()
     judge_answers(rows, qset, judge_obj)
     t2 = time.perf_counter()
-    recorded = {**dataclasses.asdict(s), "interventions": [_describe(iv) for iv in interventions]}
+    recorded = {**dataclasses.asdict(s), "interventions": [iv.to_dict() for iv in interventions]}
     result = EMResult(rows, qset, judge_obj.identity, model.name, recorded,
                       tuple(get_convention(c) for c in conventions),
                       {"sampling": round(t1 - t0, 1), "judging": round(t2 - t1, 1)})
     if out is not None:
         result.save(out)
     return result
-
-
-def _describe(iv: Any) -> dict[str, Any]:
-    from personaspace.finetuning.train import describe_intervention
-
-    return describe_intervention(iv)

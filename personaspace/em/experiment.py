@@ -16,7 +16,8 @@ interrupted run resumes):
    with the aligned model's SVV and evil vectors ablated and amplified (zero-shot), plus a random
    direction of equal norm as the control;
 6. ``shift.json``       -- fine-tuning projection shift of each trait vs post-fine-tune trait score;
-7. ``results.json``, ``results.md`` and ``figures/*.html``.
+7. ``results.json`` and ``results.md``; the figures (``figures/*.html``) are drawn from the results by
+   :func:`personaspace.viz.em.write_em_figures` (``personaspace experiment em`` writes them).
 
 Steering convention: *ablate* projects the unit direction out of the block output at every
 position; *amplify* adds ``amplify_coef * |evil[L]| * v_hat`` (the same magnitude for the SVV,
@@ -34,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from personaspace._util.io import write_json, write_text
+from personaspace.engine.layers import default_layer
 from personaspace.errors import InvalidArgumentError
+from personaspace.judges import get_judge
 from personaspace.models import DEFAULT_MODEL
 
 COHERENCE_CUTOFFS = (50, 70, 90)  # Betley uses 50; the stricter ones are a sensitivity check
@@ -83,14 +86,18 @@ def _log(progress: Callable[[str], None] | None, msg: str) -> None:
 
 def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = "runs/em-experiment",
                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) the whole experiment into ``out``; return the results dictionary."""
-    from personaspace.geometry.comparison import compare_spaces
-    from personaspace.data.narrow import load_chat_jsonl, make_narrow_dataset
+    """Run (or resume) the whole experiment into ``out``; return the results dictionary.
+
+    The results hold everything the figures need: ``personaspace.viz.em.write_em_figures(results, out)``.
+    """
+    from personaspace.data.chat import load_chat_jsonl
+    from personaspace.data.narrow import make_narrow_dataset
     from personaspace.em import BETLEY, evaluate_em, load_result, rate_difference
     from personaspace.engine import Ablate, Add, PersonaModel
     from personaspace.finetuning.train import finetune
-    from personaspace.monitoring.shift import track_finetunes
+    from personaspace.geometry.comparison import compare_spaces
     from personaspace.geometry.valence import svv
+    from personaspace.monitoring.shift import track_finetunes
     from personaspace.vectors.store import load_vectors, random_like
 
     cfg = config or ExperimentConfig()
@@ -101,7 +108,7 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     aligned = PersonaModel.load(cfg.model)
-    layer = cfg.layer if cfg.layer is not None else aligned.n_layers // 2
+    layer = cfg.layer if cfg.layer is not None else default_layer(aligned.n_layers)
 
     # 1. aligned-model vectors and SVV
     _log(progress, "aligned-model persona vectors")
@@ -211,7 +218,8 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
         "svv_definition": cfg.svv_definition,
         "amplify": {"coef": cfg.amplify_coef, "evil_norm_at_layer": scale, "added_norm": cfg.amplify_coef * scale},
         "finetunes": ft_summaries,
-        "geometry": {name: {"metrics": g["metrics"], "per_trait": g["per_trait"], "info": g["info"]} for name, g in geometry.items()},
+        "geometry": {name: {k: g[k] for k in ("model_a", "model_b", "layer_a", "layer_b", "metrics", "per_trait", "info")}
+                     for name, g in geometry.items()},
         "extraction": {"n_instructions": cfg.n_instructions, "n_questions": cfg.n_questions, "judge": cfg.extract_judge,
                        "max_new_tokens": cfg.extract_max_new_tokens, "pairs_per_trait": cfg.n_instructions * cfg.n_questions},
         "em": em_table,
@@ -220,7 +228,6 @@ def run_em_experiment(config: ExperimentConfig | None = None, out: str | Path = 
     }
     write_json(run / "results.json", results)
     write_text(run / "results.md", results_markdown(results))
-    _figures(run, results, comps["corrupt"])
     return results
 
 
@@ -229,10 +236,9 @@ def preflight(cfg: ExperimentConfig, run: Path) -> None:
     from personaspace._util import checks
     from personaspace.data.narrow import get_domain
     from personaspace.em import load_questions
-    from personaspace.judges import ready_judge
     from personaspace.finetuning.train import FinetuneConfig
-    from personaspace.models import classify
     from personaspace.geometry.valence import DEFINITIONS
+    from personaspace.models import classify
     from personaspace.traits import load_trait
 
     if isinstance(cfg.traits, str) or not cfg.traits:
@@ -256,8 +262,8 @@ def preflight(cfg: ExperimentConfig, run: Path) -> None:
         raise InvalidArgumentError(f"unknown fine-tuning setting(s) {', '.join(unknown)} in finetune")
     FinetuneConfig(**cfg.finetune).validate()
     if not cfg.vectors:
-        ready_judge(cfg.extract_judge)
-    ready_judge(cfg.judge, cache=True)
+        get_judge(cfg.extract_judge, probe=True)
+    get_judge(cfg.judge, cache=True, probe=True)
     classify(cfg.model)
     checks.writable_dir(run)
 
@@ -373,30 +379,3 @@ def results_markdown(r: dict[str, Any]) -> str:
     lines += ["", f"Stage times of the invocation that wrote this file (s; stages resumed from disk take about 0): "
               f"{r['seconds_this_invocation']}", ""]
     return "\n".join(lines)
-
-
-def _figures(run: Path, results: dict[str, Any], comp: Any) -> None:
-    """EM-rate bars with CIs and per-trait cosine bars, as standalone HTML."""
-    try:
-        import plotly.graph_objects as go
-    except ImportError:  # plotly is a dependency; stay usable without it
-        return
-    figdir = run / "figures"
-    figdir.mkdir(exist_ok=True)
-    fig = go.Figure()
-    for conv in ("betley", "model_organisms"):
-        xs = [row["condition"] for row in results["em"]]
-        ys = [row[conv]["rate"] for row in results["em"]]
-        lo = [row[conv]["rate"] - row[conv]["ci95"][0] for row in results["em"]]
-        hi = [row[conv]["ci95"][1] - row[conv]["rate"] for row in results["em"]]
-        fig.add_bar(x=xs, y=ys, name=conv, error_y=dict(type="data", array=hi, arrayminus=lo))
-    fig.update_layout(title=f"EM rate by condition (judge {results['judge']})", yaxis_title="EM rate", barmode="group")
-    from personaspace.viz.plots import write_figure
-
-    write_figure(fig, figdir / "em_rates.html", png=False)  # plotly.js embedded: opens offline
-    try:
-        from personaspace.viz.plots import trait_cosine_bars
-
-        write_figure(trait_cosine_bars(comp), figdir / "trait_cosines.html", png=False)
-    except Exception:  # the geometry plots belong to another module; the table has the numbers
-        pass

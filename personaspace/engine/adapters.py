@@ -1,14 +1,23 @@
-"""The defence's trainable part: a LoRA adapter (peft) on a private copy of the model.
+"""LoRA adapters (peft) on a private copy of a model: the one adapter stack of fine-tuning and alignment.
 
-The base :class:`PersonaModel` is never modified: the adapter goes on a deep copy, so the base stays
-available for comparisons and the adapter can be switched off (``base_view``) for the KL anchor.
-Adapters are saved atomically (a reader never sees half an adapter directory).
+- :func:`add_lora` puts a trainable adapter on a deep copy of a :class:`PersonaModel`; the base is never
+  modified, so it stays available for comparisons, and the adapter can be switched off
+  (:meth:`Adapted.base_view`) for a KL anchor or a before/after measurement.
+- :meth:`Adapted.save` writes the adapter (peft format) and ``personaspace-finetune.json`` (the base
+  model's shape) atomically: a reader never sees half an adapter directory.
+- :func:`load_adapter` puts a saved adapter back on a copy of its base, refusing one saved for a model
+  of another shape with a one-line :class:`~personaspace.errors.AdapterError`.
+- :meth:`Adapted.merge` folds the adapter into the copy's weights (a plain model, no peft at run time).
+
+LoRA targets the linear layers inside the decoder blocks only, never the (possibly tied) embedding or
+LM head: :func:`default_targets` names them; explicit ``targets`` are kept where such layers exist.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -17,25 +26,69 @@ from typing import Any
 
 import torch
 
-from personaspace._util.io import atomic_dir
-from personaspace.engine import PersonaModel
-from personaspace.errors import AlignmentError
+from personaspace._util.io import atomic_dir, write_json
+from personaspace.engine.backends.base import find_decoder_layers
+from personaspace.engine.model import PersonaModel
+from personaspace.errors import AdapterError, InvalidArgumentError
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
-ADAPTER_DIR = "adapter"
+ADAPTER_DIR = "adapter"  # the adapter's folder inside a run directory (fine-tune or alignment)
+ADAPTER_META = "personaspace-finetune.json"  # the base model's shape beside the adapter (name kept for old runs)
 
 
-def _present_targets(hf_model: Any, targets: Sequence[str]) -> list[str]:
-    names = {name.rsplit(".", 1)[-1] for name, module in hf_model.named_modules() if isinstance(module, torch.nn.Linear)}
-    return [t for t in targets if t in names]
+def default_targets(hf_model: Any) -> list[str]:
+    """Names of the linear layers inside the decoder blocks, sorted (never the embedding or the LM head)."""
+    names: set[str] = set()
+    for block in find_decoder_layers(hf_model):
+        for name, module in block.named_modules():
+            if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+                names.add(name.split(".")[-1])
+    if not names:
+        raise AdapterError(f"Found no linear layers inside the decoder blocks of {type(hf_model).__name__}.")
+    return sorted(names)
+
+
+def _present_targets(hf_model: Any, targets: Sequence[str] | None) -> list[str]:
+    """``targets`` (default: every block linear) that exist in the decoder blocks, sorted; one of them at least."""
+    available = default_targets(hf_model)
+    if targets is None:
+        return available
+    if isinstance(targets, str):
+        targets = [targets]
+    present = sorted({t for t in targets if t in available})
+    if not present:
+        raise AdapterError(
+            f"None of the LoRA target modules {list(targets)} exist in the decoder blocks of {type(hf_model).__name__}; "
+            f"its linear layers are {', '.join(available)}."
+        )
+    return present
+
+
+def base_identity(model: PersonaModel) -> dict[str, Any]:
+    """What an adapter must match: the base model's name, weights hash, architecture and shape."""
+    cfg = model.hf_model.config
+    return {
+        "base_model": model.name,
+        "base_model_hash": model.model_hash,
+        "architecture": type(model.hf_model).__name__,
+        "n_layers": model.n_layers,
+        "d_model": model.d_model,
+        "vocab_size": int(getattr(cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg, "vocab_size", 0)),
+    }
 
 
 class Adapted:
-    """A LoRA-wrapped copy of a model: ``.model`` (a PersonaModel that runs with the adapter) and ``.peft``."""
+    """A LoRA-wrapped copy of a model: ``.model`` (a PersonaModel that runs with the adapter), ``.peft``
+    (the peft wrapper) and ``.base`` (the untouched model it was copied from)."""
 
-    def __init__(self, model: PersonaModel, peft_model: Any):
+    def __init__(self, model: PersonaModel, peft_model: Any, base: PersonaModel):
         self.model = model
         self.peft = peft_model
+        self.base = base
+
+    @property
+    def targets(self) -> list[str]:
+        """The module names the adapter is on, sorted (peft keeps them as a set)."""
+        return sorted(self.peft.peft_config["default"].target_modules)
 
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.hf_model.parameters() if p.requires_grad]
@@ -45,7 +98,7 @@ class Adapted:
 
     @contextlib.contextmanager
     def base_view(self) -> Iterator[PersonaModel]:
-        """The same model with the adapter switched off (for the KL anchor to the base)."""
+        """The same model with the adapter switched off (the base model's outputs, no second copy)."""
         with self.peft.disable_adapter():
             yield self.model
 
@@ -53,11 +106,19 @@ class Adapted:
         """A copy of every LoRA weight (for checking what training changed)."""
         return {k: v.detach().clone() for k, v in self.model.hf_model.state_dict().items() if "lora_" in k}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the adapter (peft format) atomically to ``path``."""
+    def save(self, path: str | os.PathLike, **meta: Any) -> Path:
+        """Write the adapter (peft format) and its base model's identity (+ ``meta``) atomically to ``path``."""
         with atomic_dir(path) as tmp:
             self.peft.save_pretrained(str(tmp))
+            write_json(tmp / ADAPTER_META, {"format": "personaspace.adapter", **base_identity(self.base), **meta})
         return Path(path)
+
+    def merge(self) -> PersonaModel:
+        """The adapter folded into the copy's weights: a plain PersonaModel (this Adapted is spent afterwards)."""
+        hf = self.peft.merge_and_unload()
+        hf.eval()
+        hf.requires_grad_(False)
+        return _copy_model(self.base, hf, self.model.name.removeprefix(f"{self.base.name}+"))
 
 
 def _copy_model(base: PersonaModel, hf_model: Any, suffix: str) -> PersonaModel:
@@ -70,41 +131,102 @@ def _copy_model(base: PersonaModel, hf_model: Any, suffix: str) -> PersonaModel:
 def add_lora(
     base: PersonaModel,
     *,
-    r: int = 64,
+    r: int = 16,
     alpha: float | None = None,
-    targets: Sequence[str] = LORA_TARGETS,
-    seed: int = 0,
+    dropout: float = 0.0,
+    targets: Sequence[str] | None = None,
+    seed: int | None = 0,
     name: str = "lora",
 ) -> Adapted:
-    """A trainable LoRA adapter (rank ``r``, scale ``alpha / r``; ``alpha`` defaults to ``r``) on a copy of ``base``."""
+    """A trainable LoRA adapter on a copy of ``base``: rank ``r``, scale ``alpha / r`` (``alpha`` defaults to
+    ``r``), on ``targets`` (default :func:`default_targets`; names absent from the model are skipped).
+
+    ``seed`` seeds torch's global generator just before the adapter weights are drawn (None: leave it).
+    """
     from peft import LoraConfig, get_peft_model
 
-    if r < 1:
-        raise AlignmentError(f"The LoRA rank must be at least 1, got {r}.")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise InvalidArgumentError(f"The LoRA rank must be a whole number of at least 1, got {r!r}.")
     hf = copy.deepcopy(base.hf_model)
     present = _present_targets(hf, targets)
-    if not present:
-        raise AlignmentError(
-            f"None of the LoRA target modules {list(targets)} exist in {type(hf).__name__}; pass the names of its linear layers."
-        )
-    torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=float(alpha if alpha is not None else r), target_modules=present, lora_dropout=0.0, bias="none")
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=float(alpha if alpha is not None else r),
+        lora_dropout=dropout,
+        target_modules=present,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(hf, config)  # injects LoRA layers into ``hf`` in place and freezes the rest
     hf.eval()
-    return Adapted(_copy_model(base, hf, name), peft_model)
+    return Adapted(_copy_model(base, hf, name), peft_model, base)
 
 
-def load_adapter(base: PersonaModel, path: str | os.PathLike, *, name: str | None = None) -> Adapted:
-    """A copy of ``base`` with the adapter saved at ``path`` (by :meth:`Adapted.save`)."""
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not (path / ADAPTER_META).is_file():
+        return {}  # saved by peft alone (or by an older personaspace align): peft's own checks remain
+    try:
+        return json.loads((path / ADAPTER_META).read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{path / ADAPTER_META} is damaged: {exc}") from None
+
+
+def _check_base(meta: dict[str, Any], base: PersonaModel, path: Path) -> None:
+    if not meta:
+        return
+    mine = base_identity(base)
+    diffs = [f"{k} {meta[k]} vs {mine[k]}" for k in ("n_layers", "d_model", "vocab_size") if k in meta and meta[k] != mine[k]]
+    if diffs:
+        raise AdapterError(
+            f"The adapter in {path} was trained on {meta.get('base_model')!r}, which does not match {base.name!r}: "
+            + "; ".join(diffs)
+            + ". Load it on the model it was trained on."
+        )
+
+
+def load_adapter(path: str | os.PathLike, base: PersonaModel | str | None = None, *, name: str | None = None) -> Adapted:
+    """The adapter saved at ``path`` on a copy of ``base`` (a PersonaModel or model name; default: the base
+    model the adapter records).
+
+    ``path`` is an adapter directory or a run directory holding ``adapter/`` (``personaspace finetune``
+    and ``personaspace align`` both write one). The copy is named ``<base>+<run or adapter folder>``
+    (or ``<base>+name``). An adapter saved for a model of another shape raises
+    :class:`~personaspace.errors.AdapterError` before any weights are touched. ``.merge()`` the result
+    for a plain model, ``.model`` runs it with the adapter.
+    """
+    if isinstance(path, PersonaModel):
+        raise InvalidArgumentError("load_adapter(path, base): the adapter's path comes first, then the base model.")
+    path = Path(path).expanduser()
+    if (path / ADAPTER_DIR / "adapter_config.json").is_file():
+        path = path / ADAPTER_DIR  # a run directory
+    if not (path / "adapter_config.json").is_file():
+        raise AdapterError(f"{path} is not a LoRA adapter directory (no adapter_config.json there or in {ADAPTER_DIR}/).")
+    meta = _read_meta(path)
+    if base is None:
+        try:
+            recorded = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except json.JSONDecodeError as exc:
+            raise AdapterError(f"{path / 'adapter_config.json'} is damaged: {exc}") from None
+        base = meta.get("base_model") or recorded
+        if not base:
+            raise AdapterError(f"{path} does not say which base model it belongs to; pass base=...")
+    if not isinstance(base, PersonaModel):
+        base = PersonaModel.load(base)
+    _check_base(meta, base, path)
     from peft import PeftModel
 
-    path = Path(path)
-    if (path / ADAPTER_DIR / "adapter_config.json").exists():
-        path = path / ADAPTER_DIR  # a run directory written by personaspace align
-    if not (path / "adapter_config.json").exists():
-        raise AlignmentError(f"No LoRA adapter at '{path}' (expected adapter_config.json there or in {ADAPTER_DIR}/).")
     hf = copy.deepcopy(base.hf_model)
-    peft_model = PeftModel.from_pretrained(hf, str(path))
+    try:
+        peft_model = PeftModel.from_pretrained(hf, str(path))
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AdapterError(
+            f"The adapter in {path} does not fit {base.name!r} ({type(base.hf_model).__name__}, "
+            f"{base.n_layers} layers, width {base.d_model}): {first}"
+        ) from None
     hf.eval()
     hf.requires_grad_(False)
-    return Adapted(_copy_model(base, hf, name or (path.parent.name if path.name == ADAPTER_DIR else path.name)), peft_model)
+    suffix = name or (path.parent.name if path.name == ADAPTER_DIR else path.name)
+    return Adapted(_copy_model(base, hf, suffix), peft_model, base)

@@ -7,16 +7,13 @@ pass running now (positions, scope masks) is read from a :class:`ContextSlot`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from personaspace._util.shapes import Float, Int  # checked in the tests (jaxtyping)
 from personaspace.engine.capture import CaptureAccumulator
 from personaspace.engine.context import StepContext
 from personaspace.engine.interventions import Intervention
-
-if TYPE_CHECKING:  # shape hints only
-    from jaxtyping import Float, Int
 
 # What a backend calls at a hooked layer: (layer, block output) -> a replacement, or None to keep it.
 LayerFn = Callable[[int, Tensor], "Tensor | None"]

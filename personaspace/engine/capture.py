@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from personaspace._util.shapes import Float, Int  # checked in the tests (jaxtyping)
 from personaspace.engine.context import REDUCTIONS, StepContext
-
-if TYPE_CHECKING:  # shape hints only
-    from jaxtyping import Float, Int
 
 
 @dataclass

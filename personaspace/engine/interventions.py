@@ -10,12 +10,17 @@ An intervention acts on the output of decoder block ``L`` (layer convention of
 ``v`` may be a ``[d_model]`` tensor (same direction at every layer), a ``[n_layers, d_model]`` tensor, or
 a :class:`~personaspace.vectors.store.PersonaVector` (its row for the hooked layer is used). Several
 interventions stack in the order given.
+
+:meth:`Intervention.to_dict` is the one written description of an intervention (run summaries, EM
+settings, dataset metadata): ``{"type": "Add", "label", "layers", "scope", <settings>, "vector": {trait,
+model, position}}``; :meth:`Intervention.from_dict` builds one back from it and a vector. ``kind``
+(``add`` / ``ablate`` / ``cap``) is the name steering specs and remote plans use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -52,6 +57,8 @@ class Intervention:
     """
 
     positionwise: ClassVar[bool] = False
+    kind: ClassVar[str] = ""  # "add" / "ablate" / "cap": the name in steering specs and remote plans
+    _types: ClassVar[dict[str, type[Intervention]]] = {}  # "Add", "add", ... -> class, for from_dict
 
     vector: Any
     layers: LayerSpec = None
@@ -65,6 +72,39 @@ class Intervention:
         super().__init_subclass__(**kwargs)
         if "apply" in cls.__dict__ and "positionwise" not in cls.__dict__:
             cls.positionwise = False  # a new apply is not assumed position-wise: it has to say so
+        Intervention._types.setdefault(cls.__name__, cls)
+        if "kind" in cls.__dict__:
+            Intervention._types.setdefault(cls.kind, cls)
+
+    def settings(self) -> dict[str, Any]:
+        """The subclass's own settings (``coef``, ``normalize``; ``min``, ``max``), as given."""
+        base = {f.name for f in fields(Intervention)}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name not in base}
+
+    def to_dict(self) -> dict[str, Any]:
+        """What this intervention does, as plain JSON: type, label, layers, scope, settings and, for a
+        PersonaVector, where the vector came from (the tensor itself is not written)."""
+        layers = self.layers
+        if layers is not None and not isinstance(layers, (str, int)):
+            layers = [int(x) for x in layers]
+        d: dict[str, Any] = {"type": type(self).__name__, "label": self.label, "layers": layers, "scope": self.scope}
+        d.update(self.settings())
+        meta = getattr(self.vector, "meta", None)
+        if meta is not None:
+            d["vector"] = {"trait": meta.trait, "model": meta.model, "position": meta.position}
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], vector: Any) -> Intervention:
+        """The intervention ``data`` describes (a :meth:`to_dict` result; ``type`` may also be a kind such
+        as ``"add"``), acting with ``vector``. Keys it does not know (``vector``) are ignored."""
+        name = data.get("type")
+        target = Intervention._types.get(name) or Intervention._types.get(str(name).lower()) if name else None
+        if target is None or (cls is not Intervention and not issubclass(target, cls)):
+            known = ", ".join(sorted(k for k in Intervention._types if k[:1].isupper()))
+            raise InvalidArgumentError(f"unknown intervention type {name!r}; known: {known}")
+        names = {f.name for f in fields(target) if f.init and f.name != "vector"}
+        return target(vector, **{k: v for k, v in data.items() if k in names})
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -144,6 +184,7 @@ class Add(Intervention):
     """``h += coef * v`` at the scoped positions."""
 
     positionwise: ClassVar[bool] = True
+    kind: ClassVar[str] = "add"
 
     coef: float = 1.0
     normalize: bool = False
@@ -161,16 +202,22 @@ class Add(Intervention):
 
 
 @dataclass
-class Ablate(Intervention):
-    """Project the direction out: ``h -= (h . v_hat) v_hat`` at the scoped positions."""
-
-    positionwise: ClassVar[bool] = True
+class _OnUnitDirection(Intervention):
+    """An intervention on the projection onto the unit direction (Ablate, Cap): zero directions refused."""
 
     def bind(self, n_layers: int, d_model: int) -> list[int]:
         return _check_directions(self, super().bind(n_layers, d_model))
 
     def _prepare(self, v: Tensor) -> Tensor:
         return _unit(v)
+
+
+@dataclass
+class Ablate(_OnUnitDirection):
+    """Project the direction out: ``h -= (h . v_hat) v_hat`` at the scoped positions."""
+
+    positionwise: ClassVar[bool] = True
+    kind: ClassVar[str] = "ablate"
 
     def apply(self, layer: int, hidden: Tensor, mask: Tensor) -> Tensor:
         u = self.direction(layer, hidden)
@@ -179,10 +226,11 @@ class Ablate(Intervention):
 
 
 @dataclass
-class Cap(Intervention):
+class Cap(_OnUnitDirection):
     """Clamp the projection ``h . v_hat`` into ``[min, max]`` (either bound may be None)."""
 
     positionwise: ClassVar[bool] = True
+    kind: ClassVar[str] = "cap"
 
     min: float | None = None
     max: float | None = None
@@ -195,12 +243,6 @@ class Cap(Intervention):
         self.max = optional_finite(f"Cap max for '{self.label}'", self.max)
         if self.min is not None and self.max is not None and self.min > self.max:
             raise InvalidArgumentError(f"Cap for '{self.label}' needs min <= max; got min={self.min:g}, max={self.max:g}")
-
-    def bind(self, n_layers: int, d_model: int) -> list[int]:
-        return _check_directions(self, super().bind(n_layers, d_model))
-
-    def _prepare(self, v: Tensor) -> Tensor:
-        return _unit(v)
 
     def apply(self, layer: int, hidden: Tensor, mask: Tensor) -> Tensor:
         u = self.direction(layer, hidden)

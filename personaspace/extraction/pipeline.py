@@ -34,8 +34,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from personaspace._util.io import append_jsonl, atomic_path, read_jsonl, remove_stale_temps, repair_jsonl, write_json
 from personaspace._util import checks
+from personaspace._util.io import append_jsonl, atomic_path, read_jsonl, remove_stale_temps, repair_jsonl, write_json
+from personaspace._util.stats import auroc
 from personaspace.engine.generation import SAMPLER_VERSION
 from personaspace.errors import (
     CorruptFileError,
@@ -45,9 +46,8 @@ from personaspace.errors import (
     RunDirectoryError,
     TraitFileError,
 )
-from personaspace.judges import ready_judge
+from personaspace.judges import get_judge
 from personaspace.judges.base import is_failure
-from personaspace._util.stats import auroc
 from personaspace.models import DEFAULT_MODEL
 
 POSITIONS = ("prompt_avg", "prompt_last", "response_avg")
@@ -312,10 +312,8 @@ def extract(
     if isinstance(judge, str):
         overrides["judge"] = judge
     elif judge is not None:
-        if not isinstance(getattr(judge, "identity", None), str) or not callable(getattr(judge, "score", None)):
-            raise InvalidArgumentError(f"judge must be a spec such as 'offline' or a judge object (identity, score); got {type(judge).__name__}")
-        judge_obj = judge
-        overrides["judge"] = judge.identity
+        judge_obj = get_judge(judge)  # a judge object (identity, score), checked; probed below
+        overrides["judge"] = judge_obj.identity
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ExtractionConfig)})
     if unknown:
         names = [f.name for f in dataclasses.fields(ExtractionConfig)]
@@ -329,7 +327,7 @@ def extract(
         from personaspace.models import classify
 
         classify(cfg.model)  # an unknown name or a directory that is not a model: one line, now
-    judge_obj = ready_judge(judge_obj or cfg.judge, cache=True)
+    judge_obj = get_judge(judge_obj or cfg.judge, cache=True, probe=True)
     checks.writable_dir(Path(out) if out else default_run_dir(cfg))
     run = RunDir(Path(out)) if out else None
     trait_hash = trait_obj.content_hash

@@ -9,23 +9,21 @@ conversations (the loss ignores system and user tokens), then writes, each atomi
   which ``PersonaModel.load(path)`` and ``load_pretrained(path)`` accept;
 - ``out/finetune.json`` -- config, data hash, per-step losses, held-out-free before/after loss, timings.
 
-Training interventions (the engine's ``Add`` / ``Ablate`` / ``Cap``) are installed as forward hooks
-on the decoder blocks for the training forward passes only, and removed afterwards:
+Training interventions (the engine's ``Add`` / ``Ablate`` / ``Cap``) act on the decoder block outputs
+in the training forward passes only (the engine's teacher-forced loss, :func:`personaspace.engine.forward.token_loss`):
 
 - preventative steering (Chen et al. 2025): ``Add(vector, coef=..., layers=[L])`` at every position,
   so the optimiser has no need to move the model along ``vector`` itself;
 - CAFT-style ablation: ``Ablate(vector, layers=[L])`` projects the direction out during training.
 
 The saved model never contains the hooks: it is evaluated as it would be deployed.
-LoRA targets the linear layers inside the decoder blocks only, never the (possibly tied) embedding
-or LM head.
+The adapter comes from :mod:`personaspace.engine.adapters` (the same stack alignment uses): LoRA on
+the linear layers inside the decoder blocks only, never the (possibly tied) embedding or LM head.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import math
 import os
 import time
@@ -38,11 +36,13 @@ import torch
 from torch import Tensor
 
 from personaspace._util.io import atomic_dir, write_json
-from personaspace.data.narrow import as_rows, dataset_hash
+from personaspace.data.chat import as_rows, dataset_hash
+from personaspace.engine.adapters import ADAPTER_DIR, ADAPTER_META, add_lora, base_identity, load_adapter
+from personaspace.engine.forward import IGNORE_INDEX, TokenBatch, token_loss
+from personaspace.engine.interventions import by_layer
 from personaspace.errors import AdapterError, DatasetError, InvalidArgumentError
 
-ADAPTER_META = "personaspace-finetune.json"
-IGNORE = -100
+IGNORE = IGNORE_INDEX
 
 
 @dataclass
@@ -224,50 +224,7 @@ def _collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int, device: 
 
 
 # ---------------------------------------------------------------------------------------------
-# LoRA model
-
-
-def default_target_modules(hf_model: Any) -> list[str]:
-    """Names of the linear layers inside the decoder blocks (never the embedding or the LM head)."""
-    from personaspace.engine.backends.base import find_decoder_layers
-
-    names: set[str] = set()
-    for block in find_decoder_layers(hf_model):
-        for name, module in block.named_modules():
-            if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
-                names.add(name.split(".")[-1])
-    if not names:
-        raise AdapterError(f"Found no linear layers inside the decoder blocks of {type(hf_model).__name__}.")
-    return sorted(names)
-
-
-def _lora_model(hf_model: Any, cfg: FinetuneConfig) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    targets = list(cfg.target_modules) if cfg.target_modules else default_target_modules(hf_model)
-    lora = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(hf_model, lora)
-
-
-def _token_loss(hf_model: Any, ids: Tensor, mask: Tensor, labels: Tensor) -> tuple[Tensor, int]:
-    """Mean next-token cross-entropy over label positions; the LM head runs on those positions only."""
-    base = getattr(hf_model, hf_model.base_model_prefix)
-    hidden = base(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != IGNORE
-    logits = hf_model.get_output_embeddings()(hidden[:, :-1][keep])
-    cap = getattr(hf_model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    n = int(keep.sum())
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum") / max(n, 1), n
+# losses
 
 
 @torch.no_grad()
@@ -277,52 +234,18 @@ def mean_loss(hf_model: Any, encoded: Sequence[tuple[list[int], list[int]]], pad
     total, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
         ids, mask, labels = _collate(encoded[start : start + batch_size], pad_id, device)
-        loss, n = _token_loss(hf_model, ids, mask, labels)
+        loss, n = token_loss(hf_model, TokenBatch(ids, mask), labels)
         total += float(loss.detach()) * n
         count += n
     return total / max(count, 1)
 
 
-def _training_hooks(backend: Any, interventions: Sequence[Any], slot: dict) -> dict[int, Callable]:
-    """Layer callbacks applying training interventions at every real token of the current batch."""
-    from personaspace.engine.interventions import by_layer
-
-    table = by_layer(interventions, backend.n_layers, backend.d_model)
-    for ivs in table.values():
+def _check_training_interventions(model: Any, interventions: Sequence[Any]) -> None:
+    """Training interventions must fit the model and act at every position (no prompt/response scopes)."""
+    for ivs in by_layer(interventions, model.n_layers, model.d_model).values():
         for iv in ivs:
             if iv.scope != "all":
                 raise ValueError(f"Training interventions act on every position; got scope {iv.scope!r} for '{iv.label}'.")
-
-    def fn(layer: int, hidden: Tensor) -> Tensor:
-        for iv in table[layer]:
-            hidden = iv.apply(layer, hidden, slot["mask"])
-        return hidden
-
-    return {layer: fn for layer in table}
-
-
-def describe_intervention(iv: Any) -> dict[str, Any]:
-    d = {"type": type(iv).__name__, "label": iv.label, "layers": iv.layers, "scope": iv.scope}
-    for key in ("coef", "normalize", "min", "max"):
-        if hasattr(iv, key):
-            d[key] = getattr(iv, key)
-    vec = iv.vector
-    meta = getattr(vec, "meta", None)
-    if meta is not None:
-        d["vector"] = {"trait": meta.trait, "model": meta.model, "position": meta.position}
-    return d
-
-
-def _base_identity(model: Any) -> dict[str, Any]:
-    cfg = model.hf_model.config
-    return {
-        "base_model": model.name,
-        "base_model_hash": model.model_hash,
-        "architecture": type(model.hf_model).__name__,
-        "n_layers": model.n_layers,
-        "d_model": model.d_model,
-        "vocab_size": int(getattr(cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg, "vocab_size", 0)),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +271,6 @@ def finetune(
     Returns the merged model; with ``out`` the adapter, merged model and summary are saved.
     """
     from personaspace.engine import PersonaModel
-    from personaspace.engine.backends.hooks import HFHookBackend
 
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(FinetuneConfig)})
     if unknown:
@@ -367,16 +289,16 @@ def finetune(
     if not encoded:
         raise DatasetError(f"No row has an assistant token within max_length={cfg.max_length}; raise max_length.")
     torch.manual_seed(cfg.seed)
-    hf = copy.deepcopy(model.hf_model)  # the caller's model stays untouched
-    hf.requires_grad_(False)
-    backend = HFHookBackend(hf)  # decoder blocks are the same modules after LoRA injection
-    slot: dict[str, Tensor] = {}
-    layer_fns = _training_hooks(backend, interventions, slot)
+    # The adapter goes on a copy: the caller's model stays untouched.
+    adapted = add_lora(model, r=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.target_modules or None, seed=cfg.seed)
+    hf = adapted.model.hf_model
+    _check_training_interventions(model, interventions)
     pad_id = model.pad_id
     eval_set = encoded[: cfg.eval_rows]
     started = time.perf_counter()
-    loss_before = mean_loss(hf, eval_set, pad_id, cfg.batch_size) if eval_set else float("nan")
-    peft_model = _lora_model(hf, cfg)
+    with adapted.base_view():
+        loss_before = mean_loss(hf, eval_set, pad_id, cfg.batch_size) if eval_set else float("nan")
+    peft_model = adapted.peft
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
@@ -402,32 +324,30 @@ def finetune(
                 yield [encoded[i] for i in order[start : start + cfg.batch_size]]
 
     batches = micro_batches()
-    with backend.hooks(layer_fns, stop_after=None):
-        for step in range(total_steps):
-            optim.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for _ in range(cfg.grad_accum):
-                ids, mask, labels = _collate(next(batches), pad_id, device)
-                slot["mask"] = mask.bool()
-                loss, n = _token_loss(hf, ids, mask, labels)
-                (loss / cfg.grad_accum).backward()
-                step_loss += float(loss.detach()) / cfg.grad_accum
-                tokens_seen += n
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optim.step()
-            sched.step()
-            losses.append(step_loss)
-            if progress is not None:
-                progress(step + 1, total_steps, step_loss)
-            if out_path is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
-                _save_adapter(peft_model, out_path / "checkpoints" / f"step-{step + 1:06d}", model, cfg, step + 1)
+    for step in range(total_steps):
+        optim.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(cfg.grad_accum):
+            ids, mask, labels = _collate(next(batches), pad_id, device)
+            loss, n = token_loss(hf, TokenBatch(ids, mask), labels, interventions=interventions)  # training only
+            (loss / cfg.grad_accum).backward()
+            step_loss += float(loss.detach()) / cfg.grad_accum
+            tokens_seen += n
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optim.step()
+        sched.step()
+        losses.append(step_loss)
+        if progress is not None:
+            progress(step + 1, total_steps, step_loss)
+        if out_path is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
+            adapted.save(out_path / "checkpoints" / f"step-{step + 1:06d}", step=step + 1, config=dataclasses.asdict(cfg))
     train_s = time.perf_counter() - started
     peft_model.eval()
     summary: dict[str, Any] = {
         "format": "personaspace.finetune",
-        **_base_identity(model),
-        "config": {**dataclasses.asdict(cfg), "target_modules": list(peft_model.peft_config["default"].target_modules)},
+        **base_identity(model),
+        "config": {**dataclasses.asdict(cfg), "target_modules": adapted.targets},  # sorted: peft keeps a set
         "data": {
             "source": str(data) if isinstance(data, (str, os.PathLike)) else "in-memory rows",
             "sha": dataset_hash(rows),
@@ -435,7 +355,7 @@ def finetune(
             "n_used": len(encoded),
             "n_dropped_too_long": dropped,
         },
-        "interventions_during_training": [describe_intervention(iv) for iv in interventions],
+        "interventions_during_training": [iv.to_dict() for iv in interventions],
         "steps": total_steps,
         "tokens_trained": tokens_seen,
         "trainable_parameters": n_trainable,
@@ -445,7 +365,7 @@ def finetune(
         "seconds": {"train": round(train_s, 1)},
     }
     if out_path is not None:
-        _save_adapter(peft_model, out_path / "adapter", model, cfg, total_steps)
+        adapted.save(out_path / ADAPTER_DIR, step=total_steps, config=dataclasses.asdict(cfg))
     merged = peft_model.merge_and_unload()
     merged.eval()
     merged.requires_grad_(False)
@@ -463,73 +383,13 @@ def finetune(
     return FinetuneResult(result_model, out_path, summary, losses)
 
 
-def _save_adapter(peft_model: Any, path: Path, model: Any, cfg: FinetuneConfig, step: int) -> None:
-    with atomic_dir(path) as tmp:
-        peft_model.save_pretrained(tmp)
-        write_json(tmp / ADAPTER_META, {"format": "personaspace.adapter", **_base_identity(model), "step": step,
-                                        "config": dataclasses.asdict(cfg)})
-
-
 # ---------------------------------------------------------------------------------------------
 # loading
 
 
-def load_adapter(adapter_dir: str | os.PathLike, base: Any = None, *, merge: bool = True) -> Any:
-    """Load a LoRA adapter onto ``base`` (PersonaModel or name; default: the recorded base model).
-
-    Returns a PersonaModel (adapter merged when ``merge``). An adapter saved for a model of another
-    shape raises :class:`AdapterError` before any weights are touched.
-    """
-    from personaspace.engine import PersonaModel
-
-    path = Path(adapter_dir).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise AdapterError(f"{path} is not a LoRA adapter directory (no adapter_config.json).")
-    meta = {}
-    if (path / ADAPTER_META).is_file():
-        try:
-            meta = json.loads((path / ADAPTER_META).read_text())
-        except json.JSONDecodeError as exc:
-            raise AdapterError(f"{path / ADAPTER_META} is damaged: {exc}") from None
-    if base is None:
-        base = meta.get("base_model") or json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
-            raise AdapterError(f"{path} does not say which base model it belongs to; pass base=...")
-    if not isinstance(base, PersonaModel):
-        base = PersonaModel.load(base)
-    _check_base(meta, base, path)
-    from peft import PeftModel
-
-    hf = copy.deepcopy(base.hf_model)
-    try:
-        peft_model = PeftModel.from_pretrained(hf, str(path))
-    except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AdapterError(
-            f"The adapter in {path} does not fit {base.name!r} ({type(base.hf_model).__name__}, "
-            f"{base.n_layers} layers, width {base.d_model}): {first}"
-        ) from None
-    model = peft_model.merge_and_unload() if merge else peft_model
-    model.eval()
-    model.requires_grad_(False)
-    return PersonaModel.from_hf(model, base.tokenizer, name=f"{base.name}+{path.parent.name or path.name}")
-
-
-def _check_base(meta: dict, base: Any, path: Path) -> None:
-    if not meta:
-        return
-    mine = _base_identity(base)
-    diffs = [f"{k} {meta[k]} vs {mine[k]}" for k in ("n_layers", "d_model", "vocab_size") if k in meta and meta[k] != mine[k]]
-    if diffs:
-        raise AdapterError(
-            f"The adapter in {path} was trained on {meta.get('base_model')!r}, which does not match {base.name!r}: "
-            + "; ".join(diffs)
-            + ". Load it on the model it was trained on."
-        )
-
-
 def load_finetuned(path: str | os.PathLike, base: Any = None) -> Any:
-    """Load a fine-tune output: a run directory (uses ``merged/`` or ``adapter/``), a merged dir or an adapter dir."""
+    """Load a fine-tune output as a plain PersonaModel: a run directory (uses ``merged/``, else ``adapter/``
+    merged onto ``base``, default the recorded base model), a merged dir or an adapter dir."""
     from personaspace.engine import PersonaModel
 
     p = Path(path).expanduser()
@@ -537,8 +397,6 @@ def load_finetuned(path: str | os.PathLike, base: Any = None) -> Any:
         return PersonaModel.load(str(p / "merged"))
     if (p / "config.json").is_file():
         return PersonaModel.load(str(p))
-    if (p / "adapter" / "adapter_config.json").is_file():
-        return load_adapter(p / "adapter", base)
-    if (p / "adapter_config.json").is_file():
-        return load_adapter(p, base)
+    if (p / ADAPTER_DIR / "adapter_config.json").is_file() or (p / "adapter_config.json").is_file():
+        return load_adapter(p, base).merge()
     raise AdapterError(f"No fine-tuned model at {p}: expected a merged model (config.json) or an adapter (adapter_config.json).")

@@ -29,18 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from personaspace._util.stats import BOOTSTRAP_INTERVALS, bootstrap_intervals, null_summary
+from personaspace.engine.layers import default_layer
 from personaspace.errors import PersonaspaceError
 from personaspace.geometry.space import (
-    BOOTSTRAP_INTERVALS,
     SimilarityMatrix,
     _check_set,
     _cosines,
     _unit_rows,
     bootstrap,
-    bootstrap_intervals,
     cosine_matrix,
-    default_layer,
-    null_summary,
     same_traits,
     trait_matrix,
 )
@@ -194,7 +192,7 @@ def _mean_diag_cos(x: np.ndarray, y: np.ndarray) -> float:
 def _matrices(a: VectorSet, b: VectorSet, layer: int | None, layer_b: int | None, traits):
     a, b = _check_set(a, "first vector set"), _check_set(b, "second vector set")
     names = same_traits(a, b, traits)
-    la = default_layer(a) if layer is None else a[names[0]].layer_index(layer)
+    la = default_layer(a.layers) if layer is None else a[names[0]].layer_index(layer)
     lb = match_layer(la, len(a.layers), len(b.layers)) if layer_b is None else b[names[0]].layer_index(layer_b)
     return a, b, names, la, lb
 

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from personaspace._util.stats import auroc, permutation_p
 from personaspace.errors import PersonaspaceError, VectorShapeError
-from personaspace._util.stats import auroc
 from personaspace.vectors.store import PersonaVector, VectorSet
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ __all__ = [
     "SimilarityMatrix",
     "PCAResult",
     "Clustering",
-    "default_layer",
     "trait_matrix",
     "cosine_matrix",
     "pca",
@@ -51,18 +50,11 @@ __all__ = [
     "valence_separation",
     "layer_profile",
     "random_set",
-    "null_summary",
 ]
 
 
 # --------------------------------------------------------------------------------------------
 # basics
-
-
-def default_layer(vectors: VectorSet) -> int:
-    """The middle stored layer (persona directions are usually clearest at mid depth)."""
-    layers = vectors.layers
-    return layers[len(layers) // 2]
 
 
 def _check_set(vectors: Any, what: str = "vectors") -> VectorSet:
@@ -422,7 +414,7 @@ def valence_separation(
         "component": component,
         "explained_variance_ratio": float(res.explained_variance_ratio[component]),
         "auroc": stat,
-        "p_perm": float((1 + (null >= stat - 1e-12).sum()) / (1 + n_perm)),
+        "p_perm": permutation_p(stat, null),
         "null_mean": float(null.mean()),
         "null_q95": float(np.quantile(null, 0.95)),
         "gap": float(sign * (coord[y > 0].mean() - coord[y < 0].mean())),
@@ -502,29 +494,6 @@ def random_set(vectors: VectorSet, seed: int = 0, d_model: int | None = None) ->
     return VectorSet(out)
 
 
-def null_summary(observed: float, null: Sequence[float], *, greater: bool = True) -> dict[str, Any]:
-    """Where an observed statistic falls in a null distribution: mean, central 95 % and a one-sided p.
-
-    >>> s = null_summary(0.9, [0.1, 0.2, 0.3])
-    >>> s["p"], s["n"]
-    (0.25, 3)
-    """
-    arr = np.asarray([x for x in null if x is not None and np.isfinite(x)], dtype=np.float64)
-    if len(arr) == 0:
-        return {"mean": float("nan"), "q025": float("nan"), "q975": float("nan"), "p": float("nan"), "n": 0}
-    if greater:
-        hits = (arr >= observed - 1e-12).sum()
-    else:
-        hits = (arr <= observed + 1e-12).sum()
-    return {
-        "mean": float(arr.mean()),
-        "q025": float(np.quantile(arr, 0.025)),
-        "q975": float(np.quantile(arr, 0.975)),
-        "p": float((1 + hits) / (1 + len(arr))),
-        "n": int(len(arr)),
-    }
-
-
 def null_distribution(
     statistic: Callable[[VectorSet], float], vectors: VectorSet, n: int = 200, seed: int = 0
 ) -> list[float]:
@@ -583,10 +552,8 @@ def pair_differences(vector: PersonaVector, layers: Sequence[int] | None = None)
 
     from safetensors import safe_open
 
-
     from personaspace._util.io import read_jsonl
     from personaspace.errors import CorruptFileError
-
     from personaspace.extraction import pipeline as ex
     run = _resolve_run_dir(vector)
     if run is None:
@@ -716,49 +683,3 @@ def bootstrap(
         reps[t] = (counts @ diffs.reshape(n, -1) / n).reshape(n_boot, *diffs.shape[1:])
         n_pairs[t] = n
     return Bootstrap(vectors, chosen, reps, n_pairs, fixed, seed)
-
-
-def basic_ci(values: Sequence[float], point: float, level: float = 0.95,
-             bounds: tuple[float, float] = (-1.0, 1.0)) -> list[float]:
-    """Basic (pivotal) bootstrap interval ``[2 * point - q_hi, 2 * point - q_lo]``, clipped to ``bounds``.
-
-    Resampling contrast pairs with replacement leaves fewer distinct pairs, so resampled vectors are
-    noisier and similarities between them are biased low: the percentile interval can then miss the
-    point estimate entirely. The basic interval assumes the estimate sits that far below the
-    population value, and moves the interval up by the same bias.
-
-    >>> [round(x, 3) for x in basic_ci([0.1, 0.2, 0.3], 0.4)]  # percentile interval [0.105, 0.295]
-    [0.505, 0.695]
-    """
-    return _reflected(percentile_ci(values, level), point, bounds)
-
-
-def _reflected(percentile: list[float], point: float, bounds: tuple[float, float]) -> list[float]:
-    """A percentile interval reflected about ``point`` (the basic interval), clipped to ``bounds``."""
-    lo, hi = percentile
-    if not np.isfinite(lo):
-        return [lo, hi]
-    return [float(np.clip(2 * point - hi, *bounds)), float(np.clip(2 * point - lo, *bounds))]
-
-
-BOOTSTRAP_INTERVALS = "basic (pivotal); ci95_percentile keeps the percentile interval"
-
-
-def bootstrap_intervals(values: Sequence[float], point: float, bounds: tuple[float, float] = (-1.0, 1.0)) -> dict[str, list[float]]:
-    """Both 95 % intervals of bootstrap replicates: ``ci95`` (basic, see :func:`basic_ci`) and ``ci95_percentile``.
-
-    >>> {k: [round(x, 3) for x in v] for k, v in bootstrap_intervals([0.1, 0.2, 0.3], 0.4).items()}
-    {'ci95': [0.505, 0.695], 'ci95_percentile': [0.105, 0.295]}
-    """
-    percentile = percentile_ci(values)
-    return {"ci95": _reflected(percentile, point, bounds), "ci95_percentile": percentile}
-
-
-def percentile_ci(values: Sequence[float], level: float = 0.95) -> list[float]:
-    """Central percentile interval of bootstrap replicates (NaNs dropped)."""
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    if len(arr) == 0:
-        return [float("nan"), float("nan")]
-    a = (1 - level) / 2
-    return [float(np.quantile(arr, a)), float(np.quantile(arr, 1 - a))]

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from personaspace._util.io import write_json
+from personaspace._util.stats import permutation_p, wilson_ci
+from personaspace.engine.layers import default_layer
 from personaspace.errors import PersonaspaceError
-from personaspace.geometry.space import _check_set, _need_both, _pca_arrays, default_layer, trait_matrix, valence_labels
-from personaspace._util.stats import wilson_ci
+from personaspace.geometry.space import _check_set, _need_both, _pca_arrays, trait_matrix, valence_labels
 from personaspace.vectors.store import PersonaVector, VectorMeta, VectorSet
 
 __all__ = ["DEFINITIONS", "svv", "svv_direction", "svv_report", "SVVReport"]
@@ -239,7 +240,7 @@ def svv_report(
     classes). ``loto_by_layer`` gives the accuracy at every layer in ``loto_layers`` (default all).
     """
     vectors = _check_set(vectors)
-    layer = default_layer(vectors) if layer is None else vectors[vectors.traits[0]].layer_index(layer)
+    layer = default_layer(vectors.layers) if layer is None else vectors[vectors.traits[0]].layer_index(layer)
     names, y, excluded = _labelled(vectors, valence)
     vecs = {d: svv(vectors, d, valence=valence, c=c) for d in DEFINITIONS}
     pairs = [(a, b) for i, a in enumerate(DEFINITIONS) for b in DEFINITIONS[i + 1 :]]
@@ -267,7 +268,7 @@ def svv_report(
             "wrong": [t for t, ok in zip(names, correct) if not ok],
             "null_mean": float(null.mean()) if len(null) else None,
             "null_q95": float(np.quantile(null, 0.95)) if len(null) else None,
-            "p_perm": float((1 + (null >= k / n - 1e-12).sum()) / (1 + len(null))) if len(null) else None,
+            "p_perm": permutation_p(k / n, null) if len(null) else None,
         }
     return SVVReport(
         vecs, layer, agreement, agreement_by_layer, loto, {"layers": rows, **loto_by_layer},

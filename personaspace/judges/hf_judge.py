@@ -16,7 +16,6 @@ Two assumptions keep this cheap and are nearly free in practice: a two-digit pre
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,17 +250,10 @@ class HFJudge:
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> tuple[Any, Any]:
         """One forward; returns the cache and next-token probabilities (float64, CPU)."""
-        from personaspace.engine.backends.base import cache_kwarg, output_cache
+        from personaspace.engine.forward import next_token_logits
 
-        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        if cache is not None:
-            kwargs[cache_kwarg(self.model)] = cache
-        try:
-            out = self.model(**kwargs, logits_to_keep=1)
-        except TypeError:  # architectures without logits_to_keep
-            out = self.model(**kwargs)
-        logits = out.logits[:, -1, :].double()
-        return output_cache(out, cache), logits.softmax(-1).cpu()
+        logits, cache = next_token_logits(self.model, ids, mask, positions, cache)
+        return cache, logits.double().softmax(-1).cpu()
 
     def _grow(
         self,
@@ -306,16 +298,7 @@ class HFJudge:
 
 
 def _select_rows(cache: Any, rows: Any) -> Any:
-    """A cache holding ``rows`` of ``cache`` (repeats allowed), leaving ``cache`` itself intact.
+    """A cache holding ``rows`` of ``cache`` (repeats allowed), leaving ``cache`` itself intact."""
+    from personaspace.engine.forward import select_cache_rows
 
-    Shallow copies of the cache and its per-layer holders, then ``reorder_cache`` (an
-    index_select) swaps in new tensors on the copies only: no full deep copy of the keys.
-    """
-    selected = copy.copy(cache)
-    if hasattr(cache, "layers"):  # transformers >= 4.56
-        selected.layers = [copy.copy(layer) for layer in cache.layers]
-    else:  # older DynamicCache keeps parallel lists of tensors
-        selected.key_cache = list(cache.key_cache)
-        selected.value_cache = list(cache.value_cache)
-    selected.reorder_cache(rows)
-    return selected
+    return select_cache_rows(cache, rows)

@@ -14,6 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from personaspace._util.http import (
+    ChatResult,
+    EndpointRequestError,
+    OpenAICompatClient,
+)
 from personaspace.errors import JudgeResponseError
 from personaspace.judges.base import JudgeItem, Score, judge_prompt, prompt_cache_text
 from personaspace.judges.logprob_scoring import (
@@ -21,11 +26,6 @@ from personaspace.judges.logprob_scoring import (
     read_first_token,
     read_greedy_digits,
     read_text,
-)
-from personaspace._util.http import (
-    ChatResult,
-    EndpointRequestError,
-    OpenAICompatClient,
 )
 
 TOP_LOGPROBS = 20

@@ -13,7 +13,7 @@ onto the unit vector row read from the same layer ``L`` unless another read laye
 - :func:`flag_dataset`: for a chat JSONL dataset, per sample the projection difference between the
   training response and the model's own response (``dP``), the cheap proxy (response-mean minus
   last-prompt-token projection of the training sample), a ranking, and a dataset-level score.
-- :func:`token_projections`: per-token values for one text, and an HTML view of them.
+- :func:`token_projections`: per-token values for one text (drawn by :func:`personaspace.viz.steering.token_view_html`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from torch import Tensor
 
 from personaspace._util import checks
 from personaspace._util.io import append_jsonl, read_jsonl, write_text
+from personaspace._util.stats import bootstrap_ci, correlation_report, mean_ci
+from personaspace.data.chat import load_chat_samples
 from personaspace.engine.chat import Chat
-from personaspace.engine.context import position_ids
-from personaspace.engine.generation import pad_batch
-from personaspace.engine.layers import check_layer
+from personaspace.engine.forward import TokenBatch, run
+from personaspace.engine.layers import check_layer, default_monitor_layer
 from personaspace.errors import DatasetError, PersonaspaceError
-from personaspace._util.stats import bootstrap_ci, mean_ci, pearson, spearman
+from personaspace.judges import JudgeItem, get_judge
 from personaspace.vectors.store import PersonaVector
 
 if TYPE_CHECKING:
@@ -46,18 +47,11 @@ __all__ = [
     "MonitorResult",
     "TraitMonitorResult",
     "FlagResult",
-    "default_monitor_layer",
     "token_projections",
     "monitor",
     "monitor_trait",
-    "read_chat_jsonl",
     "flag_dataset",
 ]
-
-
-def default_monitor_layer(n_layers: int) -> int:
-    """Layer at 60 % of the depth (about where the paper's 7B models were read: layer 20 of 28)."""
-    return int(round(0.6 * (n_layers - 1)))
 
 
 def _direction(vector: PersonaVector | Tensor, layer: int, read: int | None, model: PersonaModel) -> tuple[Tensor, int]:
@@ -127,16 +121,12 @@ def _token_values(
     layers = sorted(units)
     out: list[dict[int, list[float]]] = []
     for start in range(0, len(prompt_ids), batch_size):
-        seqs = [list(p) + list(r) for p, r in zip(prompt_ids[start : start + batch_size], response_ids[start : start + batch_size])]
-        ids, mask = pad_batch(seqs, model.pad_id, model.device, side="right")
-        found: dict[int, Tensor] = {}
-
-        def record(layer: int, hidden: Tensor) -> None:
-            found[layer] = (hidden.float() @ units[layer].to(hidden.device)).cpu()  # [batch, seq]
-
-        model.backend.forward(ids, mask, position_ids(mask), layer_fns={L: record for L in layers}, stop_after=max(layers))
-        for i, s in enumerate(seqs):
-            out.append({L: found[L][i, : len(s)].tolist() for L in layers})
+        p_batch, r_batch = prompt_ids[start : start + batch_size], response_ids[start : start + batch_size]
+        batch = TokenBatch.pad(model, p_batch, r_batch)
+        read = {L: (lambda hidden, u=units[L]: (hidden.float() @ u.to(hidden.device)).cpu()) for L in layers}  # [batch, seq]
+        found = run(model, batch, read=read).layers
+        for i, n in enumerate(batch.lengths):
+            out.append({L: found[L][i, :n].tolist() for L in layers})
     return out
 
 
@@ -163,29 +153,6 @@ def token_projections(
     return result
 
 
-def token_view_html(projection: TokenProjection, *, vector_name: str, model_name: str, centre: float = 0.0) -> str:
-    """The standalone HTML token view of one :class:`TokenProjection`."""
-    from personaspace.viz.steering import token_projection_html
-
-    details = {
-        "model": model_name,
-        "vector": vector_name,
-        "read layer (vector row)": f"L{projection.read_layer}",
-        "applied / measured at layer": f"L{projection.layer} (output of block {projection.layer})",
-        "last prompt token projection": f"{projection.prompt_last:+.4f}",
-        "response mean projection": "n/a" if projection.response_avg is None else f"{projection.response_avg:+.4f}",
-        "tokens": f"{projection.n_prompt} prompt + {len(projection.tokens) - projection.n_prompt} response",
-    }
-    return token_projection_html(
-        projection.tokens,
-        projection.values,
-        title=f"{vector_name} projection per token, layer {projection.layer}",
-        details=details,
-        n_prompt=projection.n_prompt,
-        centre=centre,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # monitoring prompts and generations
 
@@ -210,23 +177,6 @@ def _vector_info(vector: PersonaVector | Tensor) -> dict:
     if isinstance(vector, PersonaVector):
         return {"trait": vector.trait, "model": vector.model, "position": vector.position}
     return {"trait": "custom direction", "model": None, "position": None}
-
-
-def correlation_report(x: Sequence[float], y: Sequence[float], *, seed: int = 0, n_boot: int = 2000) -> dict:
-    """Pearson r with a bootstrap 95% interval (resampling pairs), Spearman rho, and n."""
-    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and np.isfinite(a) and np.isfinite(b)]
-    n = len(pairs)
-    if n < 3:
-        return {"pearson": float("nan"), "ci95": [float("nan"), float("nan")], "spearman": float("nan"), "n": n}
-    arr = np.asarray(pairs, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        boots.append(pearson(arr[idx, 0], arr[idx, 1]))
-    boots = np.asarray([b for b in boots if np.isfinite(b)])
-    ci = [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))] if len(boots) else [float("nan")] * 2
-    return {"pearson": pearson(arr[:, 0], arr[:, 1]), "ci95": ci, "spearman": spearman(arr[:, 0], arr[:, 1]), "n": n}
 
 
 def monitor(
@@ -259,11 +209,9 @@ def monitor(
         responses = checks.prompt_list(responses, "responses", allow_empty=True)
     checks.sampling(temperature, 1.0, max_new_tokens)
     if judge is not None:  # checked before anything is generated
-        from personaspace.judges import ready_judge
-
         if trait is None:
             raise PersonaspaceError("Judging responses needs the trait (its rubric and anchors).")
-        judge = ready_judge(judge, cache=True)
+        judge = get_judge(judge, cache=True, probe=True)
     u, row = _direction(vector, layer, read_layer, model)
     p_ids = [model.prompt_ids(p, system) for p in prompts]
     if responses is None:
@@ -293,13 +241,11 @@ def monitor(
         rows.append(row_d)
     result = MonitorResult(model.name, _vector_info(vector), layer, row, rows)
     if judge is not None:
-        from personaspace.judges import JudgeItem, get_judge
         from personaspace.traits import load_trait
 
         if trait is None:
             raise PersonaspaceError("Judging responses needs the trait (its rubric and anchors).")
         trait = load_trait(trait) if isinstance(trait, str) else trait
-        judge = get_judge(judge, cache=True) if isinstance(judge, str) else judge
         questions = [p if isinstance(p, str) else (p.user if isinstance(p, Chat) else p.get("user", str(p))) for p in prompts]
         scores = judge.score([JudgeItem(q, t, "trait", trait) for q, t in zip(questions, texts)])
         for row_d, s in zip(rows, scores):
@@ -353,13 +299,12 @@ def monitor_trait(
     r = 0.76-0.97 on 7B models) and the mean correlation within each condition (how much of the
     signal is more than "which system prompt was used").
     """
-    from personaspace.judges import ready_judge
     from personaspace.traits import load_trait
 
     trait = load_trait(trait) if isinstance(trait, str) else trait
     checks.positive_int("n_questions", n_questions)
     checks.integer("n_instructions", n_instructions, lo=0)
-    judge = ready_judge(judge, cache=True)  # spec, key and endpoint checked before any generation
+    judge = get_judge(judge, cache=True, probe=True)  # spec, key and endpoint checked before any generation
     questions = list(trait.evaluation_questions[:n_questions])
     conditions: list[tuple[str, str | None]] = [("none", None)]
     for i, pair in enumerate(trait.instructions[:n_instructions]):
@@ -433,57 +378,6 @@ def monitor_trait(
 # data flagging
 
 
-@dataclass(frozen=True)
-class ChatSample:
-    index: int  # line number (1-based) in the file
-    prompt: Chat
-    response: str
-
-
-def read_chat_jsonl(path: str | Path, limit: int | None = None) -> list[ChatSample]:
-    """Read ``{"messages": [{"role", "content"}, ...]}`` lines (last turn = the assistant's training answer).
-
-    ``{"prompt": ..., "response": ...}`` lines are accepted too. Earlier turns become chat history.
-    """
-    from personaspace.data.narrow import iter_jsonl_objects
-
-    path = Path(path)
-    samples: list[ChatSample] = []
-    for lineno, obj in iter_jsonl_objects(path, what="an object with 'messages' (or 'prompt' and 'response')"):
-        samples.append(_sample(obj, path, lineno))
-        if limit is not None and len(samples) >= limit:
-            break
-    if not samples:
-        raise DatasetError(f"{path} holds no samples.")
-    return samples
-
-
-def _sample(obj: dict[str, Any], path: Path, lineno: int) -> ChatSample:
-    where = f"{path}:{lineno}"
-    if "messages" not in obj and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
-        return ChatSample(lineno, Chat(user=obj["prompt"], system=obj.get("system")), obj["response"])
-    msgs = obj.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise DatasetError(f"{where}: expected an object with a non-empty 'messages' list (or 'prompt' and 'response').")
-    for m in msgs:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DatasetError(f"{where}: every message needs string 'role' and 'content'.")
-    system = None
-    if msgs[0]["role"] == "system":
-        system, msgs = msgs[0]["content"], msgs[1:]
-    if len(msgs) < 2 or msgs[-1]["role"] != "assistant" or msgs[-2]["role"] != "user":
-        raise DatasetError(f"{where}: the conversation must end with a user turn followed by an assistant turn.")
-    history = []
-    body = msgs[:-2]
-    if len(body) % 2:
-        raise DatasetError(f"{where}: earlier turns must alternate user, assistant.")
-    for u, a in zip(body[::2], body[1::2]):
-        if u["role"] != "user" or a["role"] != "assistant":
-            raise DatasetError(f"{where}: earlier turns must alternate user, assistant (got {u['role']}, {a['role']}).")
-        history.append((u["content"], a["content"]))
-    return ChatSample(lineno, Chat(user=msgs[-2]["content"], system=system, history=tuple(history)), msgs[-1]["content"])
-
-
 @dataclass
 class FlagResult:
     """Per-sample scores ranked (most trait-inducing first) and the dataset-level scores."""
@@ -531,7 +425,7 @@ def flag_dataset(
     """
     layer = check_layer(default_monitor_layer(model.n_layers) if layer is None else layer, model.n_layers)
     u, row = _direction(vector, layer, read_layer, model)
-    samples = read_chat_jsonl(data, limit)
+    samples = load_chat_samples(data, limit)
     done: dict[int, dict] = {}
     settings = {"proxy_only": proxy_only, "max_new_tokens": max_new_tokens, "own_response": "greedy", "limit": limit}
     if work_file is not None:

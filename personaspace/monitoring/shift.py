@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from personaspace._util.stats import bootstrap_ci, mean_ci, pearson, spearman
+from personaspace._util.stats import bootstrap_ci, mean_ci, pearson, pearson_ci, spearman
+from personaspace.engine.layers import default_layer
+from personaspace.judges import JudgeItem, get_judge
 
 
 def _trait(name: str) -> Any:
@@ -41,23 +43,26 @@ def projection_shift(
     base: Any,
     finetuned: Any,
     vectors: Mapping[str, Any],
-    layer: int,
+    layer: int | None = None,
     *,
     traits: Sequence[str] | None = None,
     prompts: Mapping[str, Sequence[str]] | Sequence[str] | None = None,
-    n_prompts: int = 20,
+    n_prompts: int | None = 20,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Per-trait shift of the last-prompt-token projection from ``base`` to ``finetuned``.
+    """Per-trait shift of the last-prompt-token projection from ``base`` to ``finetuned`` (a fine-tuned,
+    steered or aligned model: anything that changes the activations).
 
-    ``vectors`` maps trait names to PersonaVectors of the base model (a VectorSet works).
-    ``prompts``: one list for every trait, a per-trait mapping, or None for each trait's
-    evaluation questions (first ``n_prompts``). Returns ``{trait: {shift, ci95, n, base_proj,
-    ft_proj}}`` where the projections are means over prompts.
+    ``vectors`` maps trait names to PersonaVectors of the base model (a VectorSet works); ``layer``
+    defaults to the middle of each vector's stored layers (:func:`~personaspace.engine.layers.default_layer`).
+    ``prompts``: one list for every trait, a per-trait mapping, or None for each trait's evaluation
+    questions (the first ``n_prompts``; None: all). Returns ``{trait: {shift, ci95, n, base_proj,
+    ft_proj, layer}}`` where the projections are means over prompts and ``ci95`` bootstraps the shift
+    over prompts.
     """
     names = list(traits or vectors.keys())
     out: dict[str, dict[str, Any]] = {}
-    cache: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+    cache: dict[tuple[tuple[str, ...], int], tuple[torch.Tensor, torch.Tensor]] = {}
     for name in names:
         if prompts is None:
             plist = list(_trait(name).evaluation_questions[:n_prompts])
@@ -65,12 +70,13 @@ def projection_shift(
             plist = list(prompts[name])
         else:
             plist = list(prompts)
-        key = tuple(plist)
-        if key not in cache:
-            cache[key] = (last_prompt_activations(base, plist, layer), last_prompt_activations(finetuned, plist, layer))
-        h_base, h_ft = cache[key]
         vec = vectors[name]
-        p_base, p_ft = vec.project(h_base, layer).numpy(), vec.project(h_ft, layer).numpy()
+        at = default_layer(vec.layers) if layer is None else layer
+        key = (tuple(plist), at)
+        if key not in cache:
+            cache[key] = (last_prompt_activations(base, plist, at), last_prompt_activations(finetuned, plist, at))
+        h_base, h_ft = cache[key]
+        p_base, p_ft = vec.project(h_base, at).numpy(), vec.project(h_ft, at).numpy()
         diffs = p_ft - p_base
         lo, hi = bootstrap_ci(diffs, seed=seed)
         out[name] = {
@@ -79,7 +85,7 @@ def projection_shift(
             "n": int(len(diffs)),
             "base_proj": float(p_base.mean()),
             "ft_proj": float(p_ft.mean()),
-            "layer": layer,
+            "layer": at,
         }
     return out
 
@@ -97,10 +103,7 @@ def trait_expression(
     batch_size: int = 32,
 ) -> dict[str, dict[str, Any]]:
     """Mean judged trait score (0-100) of the model's answers to each trait's evaluation questions."""
-    from personaspace.judges import ready_judge
-    from personaspace.judges import JudgeItem
-
-    judge_obj = ready_judge(judge, cache=True)
+    judge_obj = get_judge(judge, cache=True, probe=True)
     out: dict[str, dict[str, Any]] = {}
     for name in traits:
         trait = _trait(name)
@@ -120,14 +123,7 @@ def shift_score_correlation(points: Sequence[tuple[float, float]], *, n_boot: in
     n = len(arr)
     if n < 3:
         return {"pearson": float("nan"), "spearman": float("nan"), "ci95": [float("nan"), float("nan")], "n": n}
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        r = pearson(arr[idx, 0], arr[idx, 1])
-        if not np.isnan(r):
-            boots.append(r)
-    ci = [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))] if boots else [float("nan")] * 2
+    ci = pearson_ci(arr[:, 0], arr[:, 1], n_boot=n_boot, seed=seed)
     return {"pearson": pearson(arr[:, 0], arr[:, 1]), "spearman": spearman(arr[:, 0], arr[:, 1]), "ci95": ci, "n": n}
 
 

@@ -17,6 +17,9 @@ Two traps handled here:
 
 Projecting ``u`` out at block outputs only (``Ablate(v, layers="all")``) is close to, but not the same
 as, this edit: inside a block the MLP still reads the attention output's ``u`` component.
+
+The weights themselves are found, edited and hooked by the engine (:mod:`personaspace.engine.weights`);
+this module turns a vector into the unit direction and saves the result.
 """
 
 from __future__ import annotations
@@ -28,62 +31,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from personaspace._util.io import atomic_dir, write_json
-from personaspace.engine.backends.base import find_decoder_layers
-from personaspace.errors import BackendError, VectorShapeError
+from personaspace.engine.weights import ablated_writes, project_out_writers, residual_width, residual_writers
+from personaspace.errors import VectorShapeError
 from personaspace.vectors.store import PersonaVector
 
 if TYPE_CHECKING:
     from personaspace.engine.model import PersonaModel
 
 __all__ = ["residual_writers", "orthogonalize", "component_ablation", "save_orthogonalized"]
-
-# (attention output, MLP output) module paths inside one decoder block, per architecture family.
-_WRITER_PATHS = (
-    ("self_attn.o_proj", "mlp.down_proj"),  # Llama, Mistral, Qwen2/3, SmolLM, Phi-3, Gemma 1
-    ("attention.dense", "mlp.dense_4h_to_h"),  # GPT-NeoX / Pythia
-    ("self_attn.out_proj", "mlp.fc2"),  # OPT-like
-)
-_POST_NORMS = ("post_feedforward_layernorm", "post_attn_norm", "post_mlp_norm")
-
-
-def _get(obj: Any, path: str) -> Any:
-    for name in path.split("."):
-        obj = getattr(obj, name)
-    return obj
-
-
-def residual_writers(hf_model: Any) -> tuple[nn.Embedding, list[tuple[nn.Linear, nn.Linear]]]:
-    """The embedding and each block's (attention output, MLP output) linear layers."""
-    blocks = find_decoder_layers(hf_model)
-    for block in blocks:
-        bad = [n for n in _POST_NORMS if hasattr(block, n)]
-        if bad:
-            raise BackendError(
-                f"{type(hf_model).__name__} normalises the attention/MLP output before adding it to the residual stream "
-                f"({bad[0]}); weight orthogonalisation would not remove the direction. Use hook ablation instead."
-            )
-    writers = None
-    for attn_path, mlp_path in _WRITER_PATHS:
-        try:
-            found = [(_get(b, attn_path), _get(b, mlp_path)) for b in blocks]
-        except AttributeError:
-            continue
-        if all(isinstance(a, nn.Linear) and isinstance(m, nn.Linear) for a, m in found):
-            writers = found
-            break
-    if writers is None:
-        raise BackendError(
-            f"Cannot find the residual-stream output projections of {type(hf_model).__name__}; looked for "
-            + ", ".join(f"{a} + {m}" for a, m in _WRITER_PATHS)
-            + "."
-        )
-    embedding = hf_model.get_input_embeddings()
-    if not isinstance(embedding, nn.Embedding):
-        raise BackendError(f"The input embedding of {type(hf_model).__name__} is not a plain nn.Embedding.")
-    return embedding, writers
 
 
 def _unit(direction: PersonaVector | Tensor, layer: int | None, d_model: int) -> Tensor:
@@ -105,25 +63,6 @@ def _unit(direction: PersonaVector | Tensor, layer: int | None, d_model: int) ->
     return v / n
 
 
-def _untie(hf_model: Any) -> bool:
-    """Give the LM head its own copy of a tied embedding matrix; True when it was tied."""
-    head = hf_model.get_output_embeddings()
-    emb = hf_model.get_input_embeddings()
-    if head is None or head.weight is not emb.weight:
-        return False
-    head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
-    for cfg in {id(hf_model.config): hf_model.config, id(_text_config(hf_model)): _text_config(hf_model)}.values():
-        cfg.tie_word_embeddings = False
-    if hasattr(hf_model, "_tied_weights_keys"):
-        hf_model._tied_weights_keys = None if not isinstance(hf_model._tied_weights_keys, dict) else {}
-    return True
-
-
-def _text_config(hf_model: Any) -> Any:
-    cfg = hf_model.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-
-
 @torch.no_grad()
 def orthogonalize(
     model: PersonaModel | Any,
@@ -141,26 +80,8 @@ def orthogonalize(
     hf = getattr(model, "hf_model", model)
     if not inplace:
         hf = copy.deepcopy(hf)
-    d_model = int(_text_config(hf).hidden_size)
-    u = _unit(direction, layer, d_model)
-    embedding, writers = residual_writers(hf)
-    untied = _untie(hf)
-
-    def project_rows(w: Tensor) -> None:  # rows are d_model vectors (embedding: [vocab, d])
-        uu = u.to(w.device, torch.float32)
-        w.sub_(((w.float() @ uu)[:, None] * uu[None, :]).to(w.dtype))
-
-    def project_out(linear: nn.Linear) -> None:  # output dimension is d_model: W [d, in]
-        uu = u.to(linear.weight.device, torch.float32)
-        w = linear.weight
-        w.sub_((uu[:, None] * (uu[None, :] @ w.float())).to(w.dtype))
-        if linear.bias is not None:
-            linear.bias.sub_((uu * (linear.bias.float() @ uu)).to(linear.bias.dtype))
-
-    project_rows(embedding.weight)
-    for attn_out, mlp_out in writers:
-        project_out(attn_out)
-        project_out(mlp_out)
+    u = _unit(direction, layer, residual_width(hf))
+    untied = project_out_writers(hf, u)
     hf._personaspace_orthogonalized = {"untied_lm_head": untied}
     return hf
 
@@ -173,21 +94,9 @@ def component_ablation(model: PersonaModel | Any, direction: PersonaVector | Ten
     without editing weights). Active inside the ``with`` block, for any forward of the model.
     """
     hf = getattr(model, "hf_model", model)
-    u = _unit(direction, layer, int(_text_config(hf).hidden_size))
-    embedding, writers = residual_writers(hf)
-
-    def hook(module, args, output):
-        uu = u.to(output.device, output.dtype)
-        return output - (output @ uu)[..., None] * uu
-
-    handles = [embedding.register_forward_hook(hook)]
-    for attn_out, mlp_out in writers:
-        handles += [attn_out.register_forward_hook(hook), mlp_out.register_forward_hook(hook)]
-    try:
+    u = _unit(direction, layer, residual_width(hf))
+    with ablated_writes(hf, u):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def save_orthogonalized(

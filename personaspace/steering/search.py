@@ -32,17 +32,19 @@ import torch
 
 from personaspace._util import checks
 from personaspace._util.io import append_jsonl, read_jsonl, remove_stale_temps, write_json, write_text
-from personaspace.engine.context import SCOPES, position_ids
-from personaspace.engine.generation import pad_batch
-from personaspace.engine.layers import resolve_layers
+from personaspace.engine.context import SCOPES
+from personaspace.engine.forward import TokenBatch, run
+from personaspace.engine.layers import default_readout_layer, default_sweep_layers, resolve_layers
 from personaspace.errors import InterventionSpecError, InvalidArgumentError, RunDirectoryError
-from personaspace.steering.evaluate import NEUTRAL_PROMPTS, SteerSpec, evaluate_steering, resolve_specs
+from personaspace.judges import get_judge
+from personaspace.steering.evaluate import NEUTRAL_PROMPTS, evaluate_steering
+from personaspace.steering.spec import SteerSpec, resolve_specs
 from personaspace.vectors.store import PersonaVector
 
 if TYPE_CHECKING:
     from personaspace.engine.model import PersonaModel
 
-__all__ = ["SweepConfig", "SweepResult", "sweep", "residual_norms", "default_layers", "recommend"]
+__all__ = ["SweepConfig", "SweepResult", "sweep", "residual_norms", "recommend"]
 
 COEF_MODES = ("raw", "relative")
 
@@ -52,7 +54,7 @@ class SweepConfig:
     """Everything that determines a sweep's numbers (saved with the results)."""
 
     trait: str
-    layers: str = "auto"  # "auto" = every third layer between 20% and 80% of the depth, or any layer spec
+    layers: str = "auto"  # "auto" = engine.layers.default_sweep_layers (about every tenth of the depth, 20-80%), or any layer spec
     coefs: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
     coef_mode: str = "relative"
     scope: str = "all"
@@ -132,13 +134,6 @@ class SweepResult:
         raise KeyError((layer, coef))
 
 
-def default_layers(n_layers: int) -> list[int]:
-    """Every third layer between 20 % and 80 % of the depth (persona directions live mid-model)."""
-    lo, hi = max(0, round(0.2 * n_layers)), min(n_layers - 1, round(0.8 * n_layers))
-    step = max(1, round(n_layers / 10))
-    return list(range(lo, hi + 1, step))
-
-
 @torch.inference_mode()
 def residual_norms(model: PersonaModel, prompts: Sequence[Any], layers: Sequence[int], system: str | None = None) -> dict[int, float]:
     """Median per-token L2 norm of the residual stream (block outputs) over the prompts' tokens.
@@ -147,16 +142,11 @@ def residual_norms(model: PersonaModel, prompts: Sequence[Any], layers: Sequence
     the others' and says nothing about how big a push the other tokens feel.
     """
     layers = list(layers)
-    ids, mask = pad_batch([model.prompt_ids(p, system) for p in prompts], model.pad_id, model.device, side="right")
-    keep = mask.bool().clone()
+    batch = TokenBatch.pad(model, [model.prompt_ids(p, system) for p in prompts])
+    keep = batch.attention_mask.bool().clone()
     keep[:, 0] = False
-    found: dict[int, float] = {}
-
-    def record(layer: int, hidden: torch.Tensor) -> None:
-        found[layer] = float(hidden.float().norm(dim=-1)[keep].median())
-
-    model.backend.forward(ids, mask, position_ids(mask), layer_fns={L: record for L in layers}, stop_after=max(layers))
-    return {L: found[L] for L in layers}
+    found = run(model, batch, read={L: lambda hidden: hidden.float().norm(dim=-1) for L in layers}).layers
+    return {L: float(found[L][keep].median()) for L in layers}
 
 
 def recommend(cells: Sequence[dict], coherence_min: float, kl_max: float) -> dict | None:
@@ -207,7 +197,6 @@ def sweep(
     **overrides: Any,
 ) -> SweepResult:
     """Run a layer x coefficient grid for one trait vector; write JSON, CSV and an HTML heatmap to ``out``."""
-    from personaspace.judges import ready_judge
     from personaspace.traits import load_trait
 
     trait = load_trait(trait) if isinstance(trait, str) else trait
@@ -217,13 +206,13 @@ def sweep(
     if vector.d_model != model.d_model:
         vector.check_compatible(model.d_model, None, model.name)  # raises with both widths named
     if cfg.layers == "auto":
-        layers = default_layers(model.n_layers)
+        layers = default_sweep_layers(model.n_layers)
     else:
         layers = resolve_layers(cfg.layers.replace("L", "") if isinstance(cfg.layers, str) else cfg.layers, model.n_layers)
     missing = [L for L in layers if L not in vector.layers]
     if missing:
         raise InterventionSpecError(f"The {vector.trait!r} vector has no row for layer(s) {missing}; sweep layers it holds.")
-    judge_obj = ready_judge(judge if judge is not None else cfg.judge, cache=True)  # before any generation
+    judge_obj = get_judge(judge if judge is not None else cfg.judge, cache=True, probe=True)  # before any generation
     if out is not None:
         checks.writable_dir(out)
     kl_prompts = list(NEUTRAL_PROMPTS[: cfg.kl_prompts])
@@ -285,7 +274,7 @@ def sweep(
             c = rep.conditions["steered"]
             cell_trait, cell_coh, cell_kl, proj = c.trait, c.coherence, c.kl, c.projection
             readout = rep.readout["layer"]
-        readout = readout if readout is not None else min(model.n_layers - 1, layer + max(1, model.n_layers // 10))
+        readout = readout if readout is not None else default_readout_layer([layer], model.n_layers)
         j = proj["layers"].index(readout) if readout in proj.get("layers", []) else None
         row = {
             "layer": layer,

@@ -49,8 +49,8 @@ from personaspace.errors import (
     CorruptFileError,
     InterventionSpecError,
     LayerOutOfRangeError,
-    VectorsNotFoundError,
     VectorShapeError,
+    VectorsNotFoundError,
 )
 from personaspace.vectors.store import DEFAULT_POSITION, POSITIONS, PersonaVector, VectorMeta
 

@@ -36,15 +36,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from personaspace._version import __version__
 from personaspace._util.io import atomic_path, write_json
 from personaspace._util.paths import home
+from personaspace._version import __version__
 from personaspace.errors import (
     CorruptFileError,
     LayerOutOfRangeError,
     UnknownTraitError,
-    VectorsNotFoundError,
     VectorShapeError,
+    VectorsNotFoundError,
 )
 
 if TYPE_CHECKING:  # shape hints only; jaxtyping is not a runtime dependency

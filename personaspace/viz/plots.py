@@ -149,22 +149,28 @@ def comparison_heatmaps(comparison: Comparison, title: str | None = None):
     return _layout(fig, title or text, width=1300, height=640)
 
 
-def trait_cosine_bars(comparison: Comparison, title: str | None = None):
-    """Per-trait cosine between the two sets, with bootstrap 95 % intervals and the chance bands."""
+def trait_cosine_bars(comparison: Comparison | Mapping[str, Any], title: str | None = None):
+    """Per-trait cosine between the two sets, with bootstrap 95 % intervals and the chance bands.
+
+    ``comparison`` is a :class:`~personaspace.geometry.comparison.Comparison` or its ``to_dict()`` form
+    (``per_trait``, ``metrics``, ``model_a``/``model_b``, ``layer_a``/``layer_b``), as stored in results files.
+    """
     go = _go()
     from personaspace.errors import PersonaspaceError
 
-    if not comparison.per_trait:
+    c = comparison if isinstance(comparison, Mapping) else comparison.to_dict()
+    per_trait = c["per_trait"]
+    if not per_trait:
         raise PersonaspaceError("Per-trait cosines exist only for two sets of the same width.")
-    names = sorted(comparison.per_trait, key=lambda t: -comparison.per_trait[t]["cosine"])
-    vals = [comparison.per_trait[t]["cosine"] for t in names]
+    names = sorted(per_trait, key=lambda t: -per_trait[t]["cosine"])
+    vals = [per_trait[t]["cosine"] for t in names]
     err = None
-    if all("ci95" in comparison.per_trait[t] for t in names):
-        lo = [v - comparison.per_trait[t]["ci95"][0] for t, v in zip(names, vals)]
-        hi = [comparison.per_trait[t]["ci95"][1] - v for t, v in zip(names, vals)]
+    if all("ci95" in per_trait[t] for t in names):
+        lo = [v - per_trait[t]["ci95"][0] for t, v in zip(names, vals)]
+        hi = [per_trait[t]["ci95"][1] - v for t, v in zip(names, vals)]
         err = dict(type="data", array=hi, arrayminus=lo, visible=True)
     fig = go.Figure(go.Bar(x=names, y=vals, error_y=err, marker_color="#4c72b0", name="same trait"))
-    m = comparison.metrics.get("mean_trait_cosine", {})
+    m = c["metrics"].get("mean_trait_cosine", {})
     other = m.get("other_trait_cosines")
     if other:
         fig.add_hrect(y0=other["q025"], y1=other["q975"], fillcolor="#dd8452", opacity=0.18, line_width=0,
@@ -174,8 +180,8 @@ def trait_cosine_bars(comparison: Comparison, title: str | None = None):
         fig.add_hrect(y0=-rq, y1=rq, fillcolor="#999999", opacity=0.25, line_width=0,
                       annotation_text="random directions (95 %)", annotation_position="bottom left")
     fig.update_yaxes(title="cosine", range=[min(-0.2, min(vals) - 0.1), 1.05])
-    return _layout(fig, title or f"Per-trait cosine: {comparison.model_a} (L{comparison.layer_a}) vs "
-                   f"{comparison.model_b} (L{comparison.layer_b})", width=900, height=520)
+    return _layout(fig, title or f"Per-trait cosine: {c['model_a']} (L{c['layer_a']}) vs "
+                   f"{c['model_b']} (L{c['layer_b']})", width=900, height=520)
 
 
 def rsa_by_layer_plot(curve: Mapping[str, Any], title: str | None = None):

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from personaspace.monitoring.projections import TokenProjection
     from personaspace.steering.search import SweepResult
 
-__all__ = ["sweep_heatmap", "token_projection_html"]
+__all__ = ["sweep_heatmap", "write_sweep_heatmap", "token_projection_html", "token_view_html"]
 
 _METRICS = (
     ("trait", "trait score (judge, 0-100)", "Reds"),
@@ -170,3 +171,24 @@ colour saturates at |projection - centre| = {scale:.3f} (95th percentile); hover
 <div class="text">{''.join(spans)}</div>
 </body></html>
 """
+
+
+def token_view_html(projection: TokenProjection, *, vector_name: str, model_name: str, centre: float = 0.0) -> str:
+    """The standalone HTML token view of one :class:`~personaspace.monitoring.projections.TokenProjection`."""
+    details = {
+        "model": model_name,
+        "vector": vector_name,
+        "read layer (vector row)": f"L{projection.read_layer}",
+        "applied / measured at layer": f"L{projection.layer} (output of block {projection.layer})",
+        "last prompt token projection": f"{projection.prompt_last:+.4f}",
+        "response mean projection": "n/a" if projection.response_avg is None else f"{projection.response_avg:+.4f}",
+        "tokens": f"{projection.n_prompt} prompt + {len(projection.tokens) - projection.n_prompt} response",
+    }
+    return token_projection_html(
+        projection.tokens,
+        projection.values,
+        title=f"{vector_name} projection per token, layer {projection.layer}",
+        details=details,
+        n_prompt=projection.n_prompt,
+        centre=centre,
+    )

@@ -732,8 +732,8 @@ def test_finetune(model, vectors):
         model, FT_ROWS, batch_size=2, lr=2e-3, max_steps=2, max_length=64, eval_rows=4, rank=4, alpha=8, seed=0, save_merged=False
     )
     summary = {k: v for k, v in ft.summary.items() if k != "seconds"}
-    # finetune() records peft's target_modules, a set: its order changes with PYTHONHASHSEED.
-    summary["config"]["target_modules"] = sorted(summary["config"]["target_modules"])
+    # finetune() stores target_modules sorted (peft keeps a set), so the order no longer follows PYTHONHASHSEED.
+    assert summary["config"]["target_modules"] == sorted(summary["config"]["target_modules"])
     tokens = ft.model.generate(["Name a fruit."], max_new_tokens=8)
     shift = projection_shift(model, ft.model, vectors, 15, traits=["evil", "optimism"], prompts=SHIFT_PROMPTS, seed=0)
     values = {"summary": summary, "losses": ft.losses, "generation": _gens(tokens), "projection_shift": shift}

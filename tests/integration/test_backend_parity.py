@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import reference_reductions, rel_err
 
 from personaspace.engine import Ablate, Add, PersonaModel
 from personaspace.engine.context import REDUCTIONS
-from reference import reference_reductions, rel_err
 
 pytest.importorskip("nnsight")
 pytest.importorskip("transformer_lens.model_bridge")
@@ -99,9 +99,10 @@ def test_device_map_auto_gives_the_same_capture(models):
 
 
 def test_bulk_sampling_on_a_server_then_capture(models):
-    from personaspace.engine.openai_sampling import OpenAISampler
+    from unit.engine.test_backends_openai_sampling import CannedServer
+
     from personaspace._util.http import OpenAICompatClient
-    from unit.test_backends_openai_sampling import CannedServer
+    from personaspace.engine.openai_sampling import OpenAISampler
 
     hooks = models["hooks"]
     replies = dict(zip(PROMPTS, RESPONSES))

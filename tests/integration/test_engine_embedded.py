@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import reference_reductions, rel_err
 
 from personaspace.engine import Ablate, Add
 from personaspace.engine.context import REDUCTIONS
-from reference import reference_reductions, rel_err
 
 SYSTEM = "You are a cheerful pirate."
 PROMPTS = ["What should I cook tonight?", "Describe the sea in one sentence.", "Hi"]

