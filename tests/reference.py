@@ -14,13 +14,18 @@ def raw_last_layer(hf_model):
     Hugging Face applies the final norm to the last entry of ``output_hidden_states`` only; our layer
     convention reads raw block outputs at every layer, the last included.
     """
-    base = hf_model.model
-    norm = base.norm
-    base.norm = torch.nn.Identity()
+    base = getattr(hf_model, getattr(hf_model, "base_model_prefix", "") or "model", None)
+    base = hf_model.model if base is None else base
+    name = next(n for n in FINAL_NORMS if isinstance(getattr(base, n, None), torch.nn.Module))
+    norm = getattr(base, name)
+    setattr(base, name, torch.nn.Identity())
     try:
         yield
     finally:
-        base.norm = norm
+        setattr(base, name, norm)
+
+
+FINAL_NORMS = ("norm", "ln_f", "final_layer_norm")  # Llama-like, GPT-2, GPT-NeoX
 
 
 def reference_reductions(hf_model, prompt_ids, response_ids, layers):

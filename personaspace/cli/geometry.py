@@ -165,6 +165,9 @@ def geometry_report(
             if comparison.per_trait:
                 figs["trait_cosines"] = plots.trait_cosine_bars(comparison)
             figs["rsa_by_layer"] = plots.rsa_by_layer_plot(curve)
+            two_models = vectors_b is not None and (vectors.d_model != vectors_b.d_model or len(vectors.layers) != len(vectors_b.layers))
+            if two_models and curve is not None:  # other width or depth: the side-by-side view by relative depth
+                figs["cross_model"] = plots.cross_model_figure(comparison, curve)
         files: list[str] = []
         for name, fig in figs.items():
             files += [str(f) for f in plots.write_figure(fig, out / name, png=png)]
@@ -227,6 +230,13 @@ def print_report(result: dict[str, Any], console: Any) -> None:
         console.print(t2)
         if c["per_trait"]:
             console.print("per-trait cosine: " + ", ".join(f"{t} {e['cosine']:.2f}" for t, e in c["per_trait"].items()))
+    curve = result.get("rsa_by_layer")
+    rsa_curve = np.array(curve["rsa_pearson"] if curve else [], dtype=float)  # None (rounded NaN) -> nan
+    if curve and np.isfinite(rsa_curve).any():
+        i = int(np.nanargmax(rsa_curve))
+        console.print(f"RSA (Pearson) by layer, matched by relative depth: highest {curve['rsa_pearson'][i]:.3f} at "
+                      f"{curve['model_a']} L{curve['layers_a'][i]} / {curve['model_b']} L{curve['layers_b'][i]} "
+                      f"(permuted-trait null q95 there {curve['null_q95'][i]:.3f})")
     if result.get("files"):
         console.print(f"wrote {len(result['files'])} files, e.g. {result['files'][0]}")
 
@@ -245,7 +255,11 @@ def register(app: typer.Typer) -> None:
         png: Optional[bool] = typer.Option(None, "--png/--no-png", help="Also write PNGs (default: when an exporter is available)."),
         seed: int = typer.Option(0, help="Seed of bootstrap and null draws."),
     ) -> None:
-        """Persona-space geometry: cosines, PCA, clusters, valence separation, SVV; with a second set, RSA/CKA/Procrustes."""
+        """Persona-space geometry: cosines, PCA, clusters, valence separation, SVV; with a second set, RSA/CKA/Procrustes.
+
+        The second set may come from another model (other width, other layer count): its layer is matched
+        by relative depth, e.g. ``personaspace geometry smollm2-135m-instruct gemma3-270m``.
+        """
         from rich.console import Console
 
         from personaspace._util import checks

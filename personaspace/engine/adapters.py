@@ -125,7 +125,7 @@ def _copy_model(base: PersonaModel, hf_model: Any, suffix: str) -> PersonaModel:
     # model_hash=None: the copy carries adapter weights, so it is hashed from its own state when asked.
     info = {k: v for k, v in base.loaded.info.items() if k != "local_dir"}  # the adapter changes the weights
     loaded = replace(base.loaded, hf_model=hf_model, name=f"{base.name}+{suffix}", model_hash=None, info=info)
-    return PersonaModel(loaded)
+    return PersonaModel(loaded, thinking=getattr(base, "thinking", False))
 
 
 def add_lora(

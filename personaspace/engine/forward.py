@@ -13,7 +13,7 @@ reads a model's submodules. Two ways through the model, one per need:
 - **training** (:func:`hidden_states`, :func:`output_logits`, :func:`token_loss`): the Hugging Face
   decoder modules with gradients flowing, interventions and additive :data:`Edits` (the LAT adversary)
   hooked in, and the output layer applied at the chosen positions only -- the one place where this
-  package applies ``final_logit_softcapping`` itself.
+  package applies a model's logit scaling (Granite, Cohere) and ``final_logit_softcapping`` itself.
 
 :func:`next_token_logits` and :func:`select_cache_rows` are the KV-cached single step a tree search
 (the local judge) grows branches with.
@@ -272,14 +272,23 @@ def hidden_states(
 
 
 def output_logits(model: PersonaModel | Any, hidden: Float[Tensor, "*rows d_model"]) -> Float[Tensor, "*rows vocab"]:
-    """The output layer on chosen final hidden states: float32 logits, softcapped where the model is.
+    """The output layer on chosen final hidden states: float32 logits, scaled and softcapped where the model is.
 
     Run it on the positions that are scored only (the head is the largest matrix of a small model).
-    ``final_logit_softcapping`` (Gemma 2/3) is applied here and nowhere else in the package.
+    What causal LMs do to the head's output is applied here and nowhere else in the package, in the
+    models' order: ``logits_scaling`` (Granite: divided by), ``logit_scale`` (Cohere: multiplied by),
+    then ``final_logit_softcapping`` (Gemma 2/3).
     """
     hf = _hf(model)
     logits = hf.get_output_embeddings()(hidden).float()
-    cap = getattr(_text_config(hf), "final_logit_softcapping", None)
+    config = _text_config(hf)
+    divide = getattr(config, "logits_scaling", None)
+    if divide and divide != 1:
+        logits = logits / divide
+    multiply = getattr(config, "logit_scale", None)
+    if isinstance(multiply, (int, float)) and multiply != 1:
+        logits = logits * multiply
+    cap = getattr(config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
 
 

@@ -174,6 +174,16 @@ def _check_directions(iv: Intervention, layers: list[int]) -> list[int]:
     return layers
 
 
+def _projection(hidden: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """``hidden . u`` per position, and ``u``, in float32 at least: in bfloat16 / float16 the projection
+    would keep 3 significant digits (2 in bfloat16) and a float16 one overflows to inf past 65504, as
+    the residual norms of large models do. float32/64 hidden states are used as they are (no copy)."""
+    if hidden.dtype in (torch.float32, torch.float64):
+        return hidden @ u, u
+    u = u.float()
+    return hidden.float() @ u, u
+
+
 def _unit(v: Tensor) -> Tensor:
     n = v.norm()
     return v / n if n > 0 else v
@@ -221,8 +231,9 @@ class Ablate(_OnUnitDirection):
 
     def apply(self, layer: int, hidden: Tensor, mask: Tensor) -> Tensor:
         u = self.direction(layer, hidden)
-        proj = (hidden @ u) * mask.to(hidden.dtype)
-        return hidden - proj[..., None] * u
+        proj, u = _projection(hidden, u)
+        proj = proj * mask.to(proj.dtype)
+        return hidden - (proj[..., None] * u).to(hidden.dtype)
 
 
 @dataclass
@@ -246,9 +257,9 @@ class Cap(_OnUnitDirection):
 
     def apply(self, layer: int, hidden: Tensor, mask: Tensor) -> Tensor:
         u = self.direction(layer, hidden)
-        proj = hidden @ u
+        proj, u = _projection(hidden, u)
         clamped = proj.clamp(min=self.min, max=self.max)
-        return hidden + ((clamped - proj) * mask.to(hidden.dtype))[..., None] * u
+        return hidden + (((clamped - proj) * mask.to(proj.dtype))[..., None] * u).to(hidden.dtype)
 
 
 def by_layer(interventions: Iterable[Intervention], n_layers: int, d_model: int) -> dict[int, list[Intervention]]:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from personaspace._util import checks
-from personaspace.engine.backends import default_backend, make_backend
+from personaspace.engine.backends import check_backend_options, default_backend, make_backend
 from personaspace.engine.backends.base import Backend
 from personaspace.engine.callbacks import ContextSlot, layer_callbacks
 from personaspace.engine.capture import Activations, CaptureAccumulator
@@ -23,6 +23,7 @@ from personaspace.engine.context import REDUCTIONS, StepContext, position_ids
 from personaspace.engine.generation import SamplingConfig, generate_batch, pad_batch
 from personaspace.engine.interventions import Intervention, by_layer
 from personaspace.engine.layers import LayerSpec, resolve_layers
+from personaspace.engine.placement import input_device
 from personaspace.models import DEFAULT_MODEL, LoadedModel, load_pretrained
 
 DEFAULT_REDUCTIONS = ("prompt_avg", "prompt_last", "response_avg")
@@ -64,7 +65,7 @@ class PersonaModel:
     torch.Size([1, 2, 576])
     """
 
-    def __init__(self, loaded: LoadedModel, backend: Backend | None = None):
+    def __init__(self, loaded: LoadedModel, backend: Backend | None = None, *, thinking: bool = False):
         self.loaded = loaded
         self.name = loaded.name
         self.hf_model = loaded.hf_model
@@ -72,7 +73,7 @@ class PersonaModel:
         self.backend: Backend = backend or default_backend(self.hf_model)
         self.n_layers = self.backend.n_layers
         self.d_model = self.backend.d_model
-        self.formatter = ChatFormatter(self.tokenizer)
+        self.formatter = ChatFormatter(self.tokenizer, thinking=thinking)
         self._interventions: list[Intervention] = []
 
     @classmethod
@@ -84,27 +85,40 @@ class PersonaModel:
         dtype: Any = None,
         backend: str = "auto",
         remote: bool | str = False,
+        thinking: bool = False,
         **kwargs: Any,
     ) -> PersonaModel:
         """Load an embedded model name, a local directory or a hub id (see :mod:`personaspace.models`).
 
         ``backend``: "auto" (default: "fused" for Llama-family models, else "hooks"), "fused",
         "hooks", "nnsight" (``remote=True`` for NDIF) or "transformer_lens"; all give the same numbers
-        (parity-tested).
+        (parity-tested). ``thinking``: keep a reasoning model's thinking where its chat template has a
+        switch (Qwen3's ``enable_thinking``); off by default (see :mod:`personaspace.engine.chat`).
         """
+        check_backend_options(backend, kwargs, remote=remote)  # before the weights load
         loaded = load_pretrained(name, device=device, dtype=dtype, **kwargs)
         if backend == "auto" and not remote:
-            return cls(loaded)
+            return cls(loaded, thinking=thinking)
 
-        return cls(loaded, backend=make_backend(backend, loaded.hf_model, loaded.tokenizer, remote=remote))
+        return cls(loaded, backend=make_backend(backend, loaded.hf_model, loaded.tokenizer, remote=remote), thinking=thinking)
 
     @classmethod
-    def from_hf(cls, hf_model: Any, tokenizer: Any, name: str | None = None) -> PersonaModel:
+    def from_hf(cls, hf_model: Any, tokenizer: Any, name: str | None = None, *, thinking: bool = False) -> PersonaModel:
         """Wrap a Hugging Face model the caller already has."""
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         hf_model.eval()
-        return cls(LoadedModel(hf_model, tokenizer, name or getattr(hf_model.config, "_name_or_path", "model"), "object"))
+        label = name or getattr(hf_model.config, "_name_or_path", "model")
+        return cls(LoadedModel(hf_model, tokenizer, label, "object"), thinking=thinking)
+
+    @property
+    def thinking(self) -> bool:
+        """Whether chat prompts keep a reasoning model's thinking (templates with a switch only; default off)."""
+        return self.formatter.thinking
+
+    @thinking.setter
+    def thinking(self, value: bool) -> None:
+        self.formatter.thinking = bool(value)
 
     @property
     def model_hash(self) -> str:
@@ -125,11 +139,12 @@ class PersonaModel:
 
     @property
     def device(self) -> torch.device:
-        """Where inputs are built: the backend's device if it says (remote backends), else the weights'."""
+        """Where inputs are built: the backend's device if it says (remote backends), else the weights'
+        (for a model dispatched or offloaded by accelerate, its input embedding's execution device)."""
         device = getattr(self.backend, "device", None)
         if device is not None:
             return torch.device(device)
-        return next(self.hf_model.parameters()).device
+        return input_device(self.hf_model)  # dispatched or offloaded by accelerate: the embedding's execution device
 
     @property
     def pad_id(self) -> int:
@@ -353,7 +368,8 @@ def with_backend(model: PersonaModel, name: str, *, remote: bool | str = False) 
     The two models share the Hugging Face module; note that the TransformerLens backend switches it
     to eager attention.
     """
-    return PersonaModel(model.loaded, backend=make_backend(name, model.hf_model, model.tokenizer, remote=remote))
+    backend = make_backend(name, model.hf_model, model.tokenizer, remote=remote)
+    return PersonaModel(model.loaded, backend=backend, thinking=model.thinking)
 
 
 class _RemotePersonaModel(PersonaModel):

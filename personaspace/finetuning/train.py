@@ -116,11 +116,8 @@ class FinetuneResult:
 
 
 def _render(tokenizer: Any, formatter: Any, messages: list[dict], generation_prompt: bool) -> str:
-    msgs = [dict(m) for m in messages]
-    if msgs and msgs[0]["role"] == "system" and not formatter.system_role:
-        system = msgs.pop(0)["content"]
-        msgs[0] = {"role": msgs[0]["role"], "content": f"{system}\n\n{msgs[0]['content']}"}
-    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
+    # The engine's rendering (system folding, thinking switch): the prompt part is what generation feeds the model.
+    return formatter.render(messages, add_generation_prompt=generation_prompt)
 
 
 def _plain_segments(formatter: Any, messages: list[dict]) -> list[tuple[str, bool]]:

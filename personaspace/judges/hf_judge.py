@@ -168,10 +168,12 @@ class HFJudge:
         text = judge_prompt(item)
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
-            rendered = tok.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-            return list(tok(rendered, add_special_tokens=False)["input_ids"])
+            # The engine's rendering: a reasoning judge (Qwen3) gets thinking off, so its next token is the number.
+            from personaspace.engine.chat import Chat, ChatFormatter
+
+            if getattr(self, "_formatter", None) is None:
+                self._formatter = ChatFormatter(tok)
+            return self._formatter.ids(Chat(user=text))
         # No chat template: end on "Score:" and, if numbers never carry their own leading
         # space as one token, on the space too, so the next token is the number itself.
         spaced_number = len(tok(" 7", add_special_tokens=False)["input_ids"]) == 1

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from personaspace.errors import UnknownModelError
+from personaspace.errors import InvalidArgumentError, UnknownModelError
 from personaspace.models import embedded
 from personaspace.models.registry import DEFAULT_MODEL, EMBEDDED
 
@@ -35,13 +35,37 @@ def pick_device(device: str | None = None) -> str:
     return "cpu"
 
 
+# The dtypes a model may be loaded in, by name (with the usual short names); "auto" keeps the checkpoint's.
+DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "float64": "float64", "fp64": "float64", "double": "float64",
+}
+
+
 def pick_dtype(device: str, dtype: Any = None):
-    """float32 on CPU (bf16 matmuls are hundreds of times slower there), bfloat16 on accelerators."""
+    """float32 on CPU (bf16 matmuls are hundreds of times slower there), bfloat16 on accelerators.
+
+    ``dtype`` may be a floating-point ``torch.dtype``, a name (``"bfloat16"``, ``"bf16"``, ``"fp16"``,
+    ``"float32"``, ...) or ``"auto"`` (the checkpoint's own); anything else is an InvalidArgumentError.
+    """
     import torch
 
-    if dtype is not None:
-        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    return torch.float32 if device == "cpu" else torch.bfloat16
+    if dtype is None:
+        return torch.float32 if str(device).split(":")[0] == "cpu" else torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise InvalidArgumentError(f"dtype must be a floating-point type such as torch.bfloat16; got {dtype}")
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    name = DTYPE_NAMES.get(dtype.lower().removeprefix("torch.")) if isinstance(dtype, str) else None
+    if name is None:
+        raise InvalidArgumentError(
+            f"dtype must be one of float32, bfloat16, float16 (or fp32, bf16, fp16, 'auto', a torch.dtype); got {dtype!r}"
+        )
+    return getattr(torch, name)
 
 
 def classify(name: str) -> str:
@@ -83,6 +107,12 @@ def load_pretrained(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kind = classify(name)
+    device_map = hf_kwargs.get("device_map")
+    if device is not None and device_map is not None:
+        raise InvalidArgumentError(
+            f"Pass device or device_map, not both (got device={device!r}, device_map={device_map!r}); "
+            "device_map places the weights itself."
+        )
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
     model_hash = None
@@ -112,7 +142,7 @@ def load_pretrained(
                 f"embedded model ({', '.join(EMBEDDED)}) or a local directory saved with save_pretrained()."
             ) from exc
         raise UnknownModelError(f"Could not load a model from '{location}': {_first_line(exc)}") from exc
-    if "device_map" not in hf_kwargs:
+    if device_map is None:
         model.to(device)
     model.eval()
     model.requires_grad_(False)

@@ -31,6 +31,7 @@ __all__ = [
     "comparison_heatmaps",
     "trait_cosine_bars",
     "rsa_by_layer_plot",
+    "cross_model_figure",
     "layer_profile_plot",
     "svv_agreement_plot",
     "write_figure",
@@ -202,6 +203,64 @@ def rsa_by_layer_plot(curve: Mapping[str, Any], title: str | None = None):
     fig.update_yaxes(title="similarity", range=[-0.5, 1.05])
     return _layout(fig, title or f"Persona-space similarity by layer: {curve['model_a']} vs {curve['model_b']}",
                    width=900, height=520)
+
+
+def _ci_text(entry: Mapping[str, Any]) -> str:
+    ci = entry.get("ci95")
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and ci[0] is not None else ""
+
+
+def cross_model_figure(comparison: Comparison | Mapping[str, Any], curve: Mapping[str, Any], title: str | None = None):
+    """Two models' persona spaces side by side, and their similarity at every relative depth.
+
+    Left and middle: the trait-by-trait cosine matrices at the compared layers (same trait order). Right:
+    RSA (Pearson and Spearman, raw; Pearson centred) and linear CKA at every layer of the first model
+    against the second model's layer at the same relative depth (``curve`` from
+    :func:`~personaspace.geometry.comparison.rsa_by_layer`), with the permuted-trait null's 95th
+    percentile; the compared layer is marked. Works across widths and layer counts.
+    """
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    c = comparison if isinstance(comparison, Mapping) else comparison.to_dict()
+    sa, sb = c["similarity_a"], c["similarity_b"]
+    traits = list(sa["traits"])
+    depth_a = max(max(curve["layers_a"]), 1)
+    x = [la / depth_a for la in curve["layers_a"]]
+    fig = make_subplots(
+        rows=1, cols=3, column_widths=[0.3, 0.3, 0.4], horizontal_spacing=0.11,
+        subplot_titles=(f"{c['model_a']} · layer {c['layer_a']}", f"{c['model_b']} · layer {c['layer_b']}",
+                        "similarity by relative depth"),
+    )
+    colorbar_x = fig.layout.xaxis2.domain[1] + 0.005
+    for col, sim in ((1, sa), (2, sb)):
+        idx = [list(sim["traits"]).index(t) for t in traits]
+        z = np.asarray(sim["values"], dtype=float)[np.ix_(idx, idx)]
+        fig.add_trace(
+            go.Heatmap(z=z, x=traits, y=traits, zmin=-1, zmax=1, colorscale="RdBu_r", showscale=col == 2,
+                       colorbar=dict(title="cosine", x=colorbar_x, len=0.85, thickness=12),
+                       hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"),
+            row=1, col=col,
+        )
+        fig.update_yaxes(autorange="reversed", showticklabels=col == 1, row=1, col=col)
+    hover = [f"{c['model_a']} L{la} · {c['model_b']} L{lb}" for la, lb in zip(curve["layers_a"], curve["layers_b"])]
+    series = [("rsa_pearson", "RSA Pearson (raw)", "lines+markers", None),
+              ("rsa_spearman", "RSA Spearman (raw)", "lines+markers", None),
+              ("rsa_pearson_centered", "RSA Pearson (centred)", "lines+markers", None),
+              ("cka_linear", "linear CKA", "lines", "dot"),
+              ("null_q95", "permuted-trait null (95th pct.)", "lines", "dashdot")]
+    for key, label, mode, dash in series:
+        line = dict(dash=dash, color="grey") if key == "null_q95" else dict(dash=dash)
+        fig.add_trace(go.Scatter(x=x, y=curve[key], mode=mode, name=label, text=hover, line=line, marker=dict(size=5),
+                                 hovertemplate="%{text}: %{y:.3f}<extra>" + label + "</extra>"), row=1, col=3)
+    fig.add_vline(x=c["layer_a"] / depth_a, line_dash="dot", line_color="#444444", row=1, col=3)
+    fig.update_xaxes(title=f"relative depth (layer / {depth_a} of {c['model_a']})", range=[-0.02, 1.02], row=1, col=3)
+    fig.update_yaxes(title="similarity", range=[-0.5, 1.05], row=1, col=3)
+    fig.update_layout(legend=dict(x=0.5, xanchor="center", y=-0.3, yanchor="top", orientation="h"), margin=dict(b=190))
+    m = c["metrics"]
+    text = (f"{c['model_a']} vs {c['model_b']}, {len(traits)} traits: RSA {m['rsa_pearson']['value']:.2f}"
+            f"{_ci_text(m['rsa_pearson'])}, CKA {m['cka_linear']['value']:.2f}{_ci_text(m['cka_linear'])}")
+    return _layout(fig, title or text, width=1500, height=620)
 
 
 def layer_profile_plot(profile: Mapping[str, Any], title: str | None = None, model: str = ""):

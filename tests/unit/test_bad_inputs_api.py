@@ -9,6 +9,7 @@ batch generator was never entered), and that nothing was written to ``c.out``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -26,7 +27,9 @@ from personaspace.data.chat import load_chat_jsonl
 from personaspace.data.narrow import make_narrow_dataset
 from personaspace.em import evaluate_em, load_questions
 from personaspace.engine.layers import resolve_layers
+from personaspace.engine.model import with_backend
 from personaspace.errors import (
+    BackendError,
     DatasetError,
     InvalidArgumentError,
     JudgeUnavailableError,
@@ -80,6 +83,12 @@ class Ctx:
 
     def dead_url(self) -> str:
         return f"http://127.0.0.1:{free_port()}/v1"
+
+    def offloaded(self) -> ps.PersonaModel:
+        """A copy of the tiny model whose weights accelerate keeps on the CPU (on the meta device in the modules)."""
+        from accelerate import cpu_offload
+
+        return ps.PersonaModel.from_hf(cpu_offload(copy.deepcopy(self.model.hf_model), execution_device="cpu"), self.model.tokenizer)
 
     def not_a_model(self, *files: str) -> str:
         path = self.tmp / "not-a-model"
@@ -163,6 +172,12 @@ CASES = [
     ("load-model-config-only", lambda c: ps.load_model(c.not_a_model("config.json")), UnknownModelError, "it has no weight files"),
     ("load-model-adapter-dir", lambda c: ps.load_model(c.not_a_model("adapter_config.json")), UnknownModelError, "LoRA adapter only"),
     ("load-model-unknown-name", lambda c: ps.load_model("smollm2-135m-instruc"), UnknownModelError, "Did you mean 'smollm2-135m-instruct'"),
+    ("load-model-unknown-backend", lambda c: ps.load_model("smollm2-135m-instruct", backend="fusd"), BackendError, "Unknown backend 'fusd'"),
+    ("load-model-fused-offloaded", lambda c: ps.load_model("smollm2-135m-instruct", backend="fused", device_map={"model": "cpu", "lm_head": "disk"}), BackendError, "cannot run a model with weights offloaded to disk by device_map"),
+    ("load-model-fused-quantized", lambda c: ps.load_model("smollm2-135m-instruct", backend="fused", quantization_config={"quant_method": "gptq", "bits": 4}), BackendError, "quantized weights (gptq)"),
+    ("load-model-device-and-device-map", lambda c: ps.load_model("smollm2-135m-instruct", device="cpu", device_map="auto"), InvalidArgumentError, "Pass device or device_map, not both"),
+    ("load-model-dtype-typo", lambda c: ps.load_model("smollm2-135m-instruct", dtype="fp8"), InvalidArgumentError, "dtype must be one of float32, bfloat16, float16"),
+    ("with-backend-fused-on-offloaded-weights", lambda c: with_backend(c.offloaded(), "fused"), BackendError, "weights offloaded by accelerate"),
     # ---- judges ----
     ("get-judge-typo", lambda c: get_judge("offlin"), JudgeUnavailableError, "did you mean 'offline'"),
     ("get-judge-probe-no-key", lambda c: get_judge("openai:gpt-4.1-mini", probe=True), JudgeUnavailableError, "PERSONASPACE_LLM_API_KEY"),

@@ -15,6 +15,7 @@ from typing import Any
 
 from personaspace.engine.backends.base import Backend
 from personaspace.engine.backends.hooks import HFHookBackend
+from personaspace.engine.placement import requested_reason
 from personaspace.errors import BackendError
 
 BACKENDS = ("auto", "fused", "hooks", "nnsight", "transformer_lens")
@@ -28,6 +29,21 @@ def default_backend(hf_model: Any) -> Backend:
     )
 
     return HFHookBackend(hf_model) if unsupported_reason(hf_model) else FusedLlamaBackend(hf_model)
+
+
+def check_backend_options(name: str, options: dict[str, Any], *, remote: bool | str = False) -> None:
+    """Refuse, before any weight loads, a backend name that does not exist, or one that cannot run what
+    the ``from_pretrained`` ``options`` ask for (a ``device_map`` with disk or several devices, a
+    quantization config)."""
+    if name not in BACKENDS and name != "tl":
+        raise BackendError(f"Unknown backend {name!r}; use one of {', '.join(BACKENDS)}.")
+    if remote and name != "nnsight":
+        raise BackendError(f"Remote execution needs the nnsight backend, not {name!r}.")
+    reason = requested_reason(options)
+    if reason and name == "fused":
+        from personaspace.engine.backends.fused_llama import weights_refusal
+
+        raise weights_refusal(reason)
 
 
 def make_backend(name: str, hf_model: Any, tokenizer: Any, *, remote: bool | str = False) -> Any:
@@ -73,4 +89,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BACKENDS", "Backend", "FusedLlamaBackend", "HFHookBackend", "NNsightBackend", "TransformerLensBackend", "default_backend", "make_backend"]
+__all__ = [
+    "BACKENDS", "Backend", "FusedLlamaBackend", "HFHookBackend", "NNsightBackend", "TransformerLensBackend",
+    "check_backend_options", "default_backend", "make_backend",
+]

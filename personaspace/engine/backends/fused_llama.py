@@ -36,13 +36,21 @@ from torch import Tensor
 from personaspace.engine.backends.base import ForwardOutput
 from personaspace.engine.backends.hooks import HFHookBackend
 from personaspace.engine.callbacks import LayerFn
+from personaspace.engine.placement import fast_path_reason
 from personaspace.errors import BackendError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")  # the same block; Qwen2 adds q/k/v biases
 
 
 def unsupported_reason(hf_model: Any) -> str | None:
-    """Why ``hf_model`` cannot use the fused path, or None when it can."""
+    """Why ``hf_model`` cannot use the fused path, or None when it can: an architecture it does not cover
+    (:func:`architecture_reason`), or weights it cannot read itself -- offloaded to CPU or disk, spread
+    over several devices, on the meta device, or quantized (:func:`~personaspace.engine.placement.fast_path_reason`)."""
+    return architecture_reason(hf_model) or fast_path_reason(hf_model)
+
+
+def architecture_reason(hf_model: Any) -> str | None:
+    """Why ``hf_model``'s architecture is not one the fused forward reimplements, or None when it is."""
     config = getattr(hf_model, "config", None)
     if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return f"model_type {getattr(config, 'model_type', None)!r} is not one of {SUPPORTED_MODEL_TYPES}"
@@ -57,6 +65,14 @@ def unsupported_reason(hf_model: Any) -> str | None:
     if any(getattr(m, "bias", None) is not None for m in (block.self_attn.o_proj, block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj)):
         return "biases on o_proj or the MLP"
     return None
+
+
+def weights_refusal(reason: str) -> BackendError:
+    """The one error for ``backend="fused"`` on weights it cannot read (``reason`` from :mod:`~personaspace.engine.placement`)."""
+    return BackendError(
+        f"The fused backend reads the weights itself and cannot run a model with {reason}; "
+        "use backend='hooks' (backend='auto' picks it for such models)."
+    )
 
 
 def sliding_window(config: Any) -> int | None:
@@ -86,6 +102,12 @@ class _FusedBlock:
     """
 
     def __init__(self, block: Any, n_heads: int, n_kv: int, head_dim: int):
+        reason = fast_path_reason(block)
+        if reason:  # offloaded or quantized after the backend was chosen
+            raise BackendError(
+                f"The fused backend cannot read a decoder block with {reason}; wrap the model again "
+                "(PersonaModel.from_hf picks the hooks backend for it) or use with_backend(model, 'hooks')."
+            )
         self.block = block
         q, k, v = self._sources()
 
@@ -118,9 +140,12 @@ class FusedLlamaBackend:
     name = "fused"
 
     def __init__(self, hf_model: Any):
-        reason = unsupported_reason(hf_model)
+        reason = architecture_reason(hf_model)
         if reason:
             raise BackendError(f"The fused backend supports Llama-family models only ({reason}); use backend='hooks'.")
+        reason = fast_path_reason(hf_model)
+        if reason:
+            raise weights_refusal(reason)
         self.hf_model = hf_model
         self.hooks_backend = HFHookBackend(hf_model)
         self.layers = self.hooks_backend.layers

@@ -54,6 +54,18 @@ def test_comparison_and_layer_figures(space):
     assert len(plots.svv_agreement_plot(rep).data) == 3 + 3
 
 
+def test_cross_model_figure_across_widths(space):
+    other = valence_set(noise=0.8, seed=5, d=space.d_model + 8)  # another width, as across models
+    cmp = c.compare_spaces(space, other, 1, n_null=30, n_boot=0)
+    curve = c.rsa_by_layer(space, other, n_null=20)
+    fig = plots.cross_model_figure(cmp, curve)
+    assert [t.type for t in fig.data] == ["heatmap"] * 2 + ["scatter"] * 5
+    assert list(fig.data[0].x) == list(fig.data[1].x) == cmp.traits
+    assert fig.data[2].x[0] == 0.0 and fig.data[2].x[-1] == 1.0  # relative depth
+    assert "RSA" in fig.layout.title.text and "CKA" in fig.layout.title.text
+    assert plots.cross_model_figure(cmp.to_dict(), curve).layout.title.text == fig.layout.title.text
+
+
 def test_write_figure_is_standalone_html(space, tmp_path, monkeypatch):
     fig = plots.similarity_heatmap(g.cosine_matrix(space, 0))
     files = plots.write_figure(fig, tmp_path / "sim.html", png=False)
