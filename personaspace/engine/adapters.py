@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from personaspace._util.io import atomic_dir, write_json
-from personaspace.engine.backends.base import find_decoder_layers
+from personaspace.engine.backends.base import find_decoder_layers, text_config
 from personaspace.engine.model import PersonaModel
 from personaspace.errors import AdapterError, InvalidArgumentError
 
@@ -65,14 +65,13 @@ def _present_targets(hf_model: Any, targets: Sequence[str] | None) -> list[str]:
 
 def base_identity(model: PersonaModel) -> dict[str, Any]:
     """What an adapter must match: the base model's name, weights hash, architecture and shape."""
-    cfg = model.hf_model.config
     return {
         "base_model": model.name,
         "base_model_hash": model.model_hash,
         "architecture": type(model.hf_model).__name__,
         "n_layers": model.n_layers,
         "d_model": model.d_model,
-        "vocab_size": int(getattr(cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg, "vocab_size", 0)),
+        "vocab_size": int(getattr(text_config(model.hf_model), "vocab_size", 0)),
     }
 
 

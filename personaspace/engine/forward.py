@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from personaspace._util.shapes import Float, Int  # checked in the tests (jaxtyping)
-from personaspace.engine.backends.base import cache_kwarg, output_cache
+from personaspace.engine.backends.base import cache_kwarg, output_cache, text_config
 from personaspace.engine.backends.hooks import HFHookBackend
 from personaspace.engine.callbacks import ContextSlot, LayerFn, layer_callbacks
 from personaspace.engine.context import StepContext, position_ids
@@ -214,11 +214,6 @@ def _hf(model: PersonaModel | Any) -> Any:
     return model.hf_model if isinstance(model, PersonaModel) else model
 
 
-def _text_config(hf: Any) -> Any:
-    cfg = hf.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-
-
 def _decoder(hf: Any) -> Any:
     """The decoder stack without the output layer (what ``last_hidden_state`` comes from)."""
     decoder = hf.get_decoder() if hasattr(hf, "get_decoder") else None
@@ -281,7 +276,7 @@ def output_logits(model: PersonaModel | Any, hidden: Float[Tensor, "*rows d_mode
     """
     hf = _hf(model)
     logits = hf.get_output_embeddings()(hidden).float()
-    config = _text_config(hf)
+    config = text_config(hf)
     divide = getattr(config, "logits_scaling", None)
     if divide and divide != 1:
         logits = logits / divide

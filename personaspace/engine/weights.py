@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from personaspace._util.shapes import Float  # checked in the tests (jaxtyping)
-from personaspace.engine.backends.base import find_decoder_layers
+from personaspace.engine.backends.base import find_decoder_layers, text_config
 from personaspace.errors import BackendError
 
 __all__ = [
@@ -57,14 +57,9 @@ def _get(obj: Any, path: str) -> Any:
     return obj
 
 
-def _text_config(hf_model: Any) -> Any:
-    cfg = hf_model.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-
-
 def residual_width(hf_model: Any) -> int:
     """``d_model`` of a Hugging Face model (its text config's hidden size)."""
-    return int(_text_config(hf_model).hidden_size)
+    return int(text_config(hf_model).hidden_size)
 
 
 def _is_conv1d(module: Any) -> bool:
@@ -143,7 +138,7 @@ def untie_output_embeddings(hf_model: Any) -> bool:
     if head is None or head.weight is not emb.weight:
         return False
     head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
-    for cfg in {id(hf_model.config): hf_model.config, id(_text_config(hf_model)): _text_config(hf_model)}.values():
+    for cfg in {id(hf_model.config): hf_model.config, id(text_config(hf_model)): text_config(hf_model)}.values():
         cfg.tie_word_embeddings = False
     if hasattr(hf_model, "_tied_weights_keys"):
         hf_model._tied_weights_keys = None if not isinstance(hf_model._tied_weights_keys, dict) else {}

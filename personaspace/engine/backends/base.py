@@ -113,6 +113,12 @@ def output_cache(output: Any, default: Any = None) -> Any:
     return default
 
 
+def text_config(hf_model: Any) -> Any:
+    """The language model's config (a multimodal config's text part; the config itself otherwise)."""
+    cfg = hf_model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
 def find_decoder_layers(hf_model: Any) -> torch.nn.ModuleList:
     for path in DECODER_LAYER_PATHS:
         try:

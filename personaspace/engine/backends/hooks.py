@@ -12,6 +12,7 @@ from personaspace.engine.backends.base import (
     cache_kwarg,
     find_decoder_layers,
     output_cache,
+    text_config,
 )
 from personaspace.engine.callbacks import LayerFn
 
@@ -24,7 +25,7 @@ class HFHookBackend:
     def __init__(self, hf_model: Any):
         self.hf_model = hf_model
         self.layers = find_decoder_layers(hf_model)
-        config = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
+        config = text_config(hf_model)
         self.n_layers = len(self.layers)
         self.d_model = int(config.hidden_size)
         self._base = getattr(hf_model, hf_model.base_model_prefix, None) if hasattr(hf_model, "base_model_prefix") else None

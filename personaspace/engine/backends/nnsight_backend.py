@@ -28,6 +28,7 @@ from personaspace.engine.backends.base import (
     ForwardOutput,
     cache_kwarg,
     find_decoder_layers,
+    text_config,
 )
 from personaspace.engine.backends.remote_plan import RemotePlan, compile_plan
 from personaspace.engine.callbacks import LayerFn
@@ -159,7 +160,7 @@ class NNsightBackend:
         module = lm._module
         self.layers = find_decoder_layers(module)
         self.layer_path = _layer_path(module)
-        config = module.config.get_text_config() if hasattr(module.config, "get_text_config") else module.config
+        config = text_config(module)
         self.n_layers = len(self.layers)
         self.d_model = int(config.hidden_size)
 
