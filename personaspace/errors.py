@@ -79,6 +79,12 @@ class JudgeUnavailableError(PersonaspaceError):
     doc = "judge-unavailable"
 
 
+class JudgeTooWeakError(JudgeUnavailableError):
+    """A local judge model that puts too little probability on numbers to score anything (too small a model)."""
+
+    doc = "judge-too-weak"
+
+
 class JudgeResponseError(PersonaspaceError):
     """A judge that answers, but with something that cannot be turned into a score."""
 

@@ -6,8 +6,8 @@ Defaults: ``smollm2-135m-instruct`` (30 layers, width 576) against ``gemma3-270m
 the shipped vectors in ``vectors/``, position ``response_avg``. The numbers are those of
 ``personaspace geometry A B --n-boot N --n-null M`` (``compare_spaces`` and ``rsa_by_layer`` in
 ``personaspace.geometry.comparison``): the second model's layer is matched by relative depth. Writes the
-page, ``docs/results/cross_model.json`` and the figure ``docs/results/figures/cross_model.html`` (plotly.js
-embedded, opens offline) with a PNG copy when headless Chromium or kaleido is available.
+page, ``docs/results/cross_model.json`` and the figure ``docs/results/figures/cross_model.html`` (loads the
+``plotly.min.js`` written beside it, opens offline) with a PNG copy when headless Chromium or kaleido is available.
 """
 
 from __future__ import annotations
@@ -159,7 +159,8 @@ def main() -> None:
         ]
     lines += ["![cross-model comparison](figures/cross_model.png)" if any(f.suffix == ".png" for f in files) else
               "The figure: `figures/cross_model.html`.", "",
-              "Interactive version (plotly.js embedded, opens offline): [figures/cross_model.html](figures/cross_model.html).", ""]
+              "Interactive version (opens offline with the `plotly.min.js` beside it): "
+              "[figures/cross_model.html](figures/cross_model.html).", ""]
     rows = []
     step = max(1, len(curve["layers_a"]) // 10)
     for i in list(range(0, len(curve["layers_a"]), step)) + ([len(curve["layers_a"]) - 1] if (len(curve["layers_a"]) - 1) % step else []):

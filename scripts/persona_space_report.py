@@ -3,8 +3,8 @@
     .venv/bin/python scripts/persona_space_report.py [VECTORS] [--layer L] [--n-boot 500] [--n-null 1000]
 
 Numbers, CIs and nulls come from ``personaspace.cli.geometry.geometry_report``; the interactive
-HTML figures go to ``runs/persona_space/`` (large: plotly.js is embedded), PNG copies (headless
-Chromium or kaleido) to ``docs/results/figures/`` for the page.
+HTML figures go to ``runs/persona_space/`` (with the ``plotly.min.js`` they load written once beside
+them), PNG copies (headless Chromium or kaleido, 1200 px wide) to ``docs/results/figures/`` for the page.
 """
 
 from __future__ import annotations
@@ -20,11 +20,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from personaspace import geometry as g  # noqa: E402
 from personaspace._util.io import write_text  # noqa: E402
 from personaspace.cli.geometry import geometry_report  # noqa: E402
 from personaspace.engine.layers import default_layer  # noqa: E402
+from personaspace.geometry.space import _library_valence  # noqa: E402
 from personaspace.vectors.store import load_vectors  # noqa: E402
+
+
+def _answer_only(extra: dict) -> str:
+    a = extra.get("answer_only_auroc")
+    if not a:
+        return "-"
+    return f"{a['auroc']} [{a['ci95'][0]}, {a['ci95'][1]}] (L{a['layer']})"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -124,13 +131,16 @@ def main() -> None:
         f"position `{vs.positions[0]}`, layer **{a['layer']}** (output of block {a['layer']}, the middle layer). "
         f"Every trait vector is scaled to unit norm before any geometry; PCA is on the **centred** persona space "
         f"(mean trait vector subtracted). Interactive HTML versions of the figures: `runs/persona_space/` "
-        f"(rerun the script; they embed plotly.js and open offline).",
+        f"(rerun the script; they load the `plotly.min.js` beside them and open offline).",
         "",
         "## Inputs",
         "",
-        table(["trait", "valence", "kept pairs", "dropped", "judge", "held-out AUROC (best layer)"],
-              [[t, g._library_valence(t) or "-", str(m.n_kept), str(m.n_dropped), str(m.judge),
-                str(m.extra.get("heldout_auroc_best"))] for t, m in meta.items()]),
+        table(["trait", "valence", "kept pairs", "dropped", "judge", "answer-only AUROC [95% CI] (layer)"],
+              [[t, _library_valence(t) or "-", str(m.n_kept), str(m.n_dropped), str(m.judge), _answer_only(m.extra)]
+               for t, m in meta.items()]),
+        "",
+        "Answer-only AUROC: the kept answers re-read without system prompt, projected on a vector built from other "
+        "instruction pairs and questions ([extraction results](extraction_" + vs.model + ".md)).",
         "",
         "Kept-pair counts are small for several traits, so bootstrap intervals below are wide. Pairs are resampled "
         "with replacement; the intervals are basic (pivotal) bootstrap intervals, which correct for the bias that "

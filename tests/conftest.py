@@ -153,3 +153,21 @@ def pytest_collection_modifyitems(config, items):
         # tier (-m "not integration") runs without the embedded model's files.
         if "integration" in item.nodeid.split("/") or EMBEDDED_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _written_html_opens_offline(tmp_path_factory):
+    """After the session: no HTML file the suite wrote under its temporary directories loads anything
+    from the network (scripts, stylesheets, fonts; see personaspace.viz.html.find_remote_loads)."""
+    yield
+    from personaspace.viz.html import find_remote_loads
+
+    base = tmp_path_factory.getbasetemp()
+    bad = {}
+    for page in base.rglob("*.htm*"):
+        if not page.is_file():
+            continue
+        found = find_remote_loads(page.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            bad[str(page.relative_to(base))] = found[:3]
+    assert not bad, f"HTML written by the suite loads from the network: {bad}"

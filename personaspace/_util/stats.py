@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 
-def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+def auroc(positives: Sequence[float] | np.ndarray, negatives: Sequence[float] | np.ndarray) -> float:
     """P(a random positive scores above a random negative), ties counting one half (Mann-Whitney)."""
     pos = np.asarray(positives, dtype=np.float64)
     neg = np.asarray(negatives, dtype=np.float64)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from personaspace._util.io import write_json, write_text
+from personaspace._util.progress import Progress, callback, track
 from personaspace.align.data import STATEMENT_FORMAT, LPAData, Request, load_requests, neutral_prompts
 from personaspace.align.evaluate import (
     attack_success,
@@ -135,22 +136,27 @@ def compare(
     out: str | os.PathLike | None = None,
     methods: Sequence[str] = ("lpa", "sft"),
     requests: Sequence[Request] | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: bool | Progress | Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train each method on ``data``, evaluate base and every method, and write the table to ``out``."""
+    """Train each method on ``data``, evaluate base and every method, and write the table to ``out``.
+
+    ``progress``: bars over the methods and each one's training steps (see
+    :mod:`personaspace._util.progress`; True/False forces them), or a function given one line per stage.
+    """
     tcfg = train_config or TrainConfig()
     ecfg = eval_config or EvalConfig()
     preflight(ecfg, out)
-    say = progress or (lambda _msg: None)
+    own = callback(progress)  # the caller's own function (the older form), else bars
+    say = own or (lambda _msg: None)
     requests = list(requests) if requests is not None else load_requests()
     say("base: reference answers for the utility check")
     answers = utility_answers(base, ecfg)
     say("base: evaluating")
     rows: dict[str, Any] = {"base": {"eval": evaluate_model(base, base, data, requests, answers, ecfg), "counts": None}}
-    for method in methods:
+    for method in track(methods, "methods", progress):
         say(f"{method}: training")
         result = train(base, data.train, data.anchors, tcfg, method=method, data_source=data.source,
-                       progress=lambda step, entry, m=method: say(f"{m}: step {step}/{tcfg.outer_steps} {entry}"))
+                       progress=(lambda step, entry, m=method: say(f"{m}: step {step}/{tcfg.outer_steps} {entry}")) if own else None)
         if out is not None:
             result.save(Path(out) / method)
         say(f"{method}: evaluating")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from personaspace._util.io import atomic_dir, write_json
+from personaspace._util.progress import Progress, callback, progress_scope
 from personaspace.align.lat import (
     AlignmentError,
     Anchor,
@@ -132,9 +133,13 @@ def train(
     *,
     method: str = "lpa",
     data_source: dict[str, Any] | None = None,
-    progress: Callable[[int, dict[str, Any]], None] | None = None,
+    progress: bool | Progress | Callable[[int, dict[str, Any]], None] | None = None,
 ) -> AlignResult:
-    """Train a LoRA adapter on a copy of ``model`` with LPA (``method="lpa"``) or the SFT ablation (``"sft"``)."""
+    """Train a LoRA adapter on a copy of ``model`` with LPA (``method="lpa"``) or the SFT ablation (``"sft"``).
+
+    ``progress``: a bar over the outer steps with the defence losses (see :mod:`personaspace._util.progress`;
+    True/False forces it), or a function called with ``(step, log entry)``.
+    """
     cfg = dataclasses.replace(config) if config is not None else TrainConfig()
     cfg.check()
     if method not in METHODS:
@@ -157,33 +162,37 @@ def train(
     seen_anchors: set[int] = set()
     log: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for step in range(cfg.outer_steps):
-        idx = next(triple_batches)
-        seen_triples.update(idx)
-        rows = [triples[i] for i in idx]
-        # Only the adversary and the away term read the unsafe completion; plain SFT packs prompt + safe.
-        batch = pack_triples(m, rows) if method == "lpa" or weights.away else pack(m, [t.prompt for t in rows], [t.safe for t in rows])
-        anchor_batch = anchor_base = None
-        if anchor_batches is not None:
-            idx_a = next(anchor_batches)
-            seen_anchors.update(idx_a)
-            anchor_batch = pack_anchors(m, [anchors[i] for i in idx_a])
-            with adapted.base_view() as base:
-                anchor_base = base_logprobs(base, anchor_batch)
-        entry: dict[str, Any] = {"step": step + 1}
-        perturbation = None
-        if method == "lpa":
-            result = pgd_attack(m, batch, attack)
-            perturbation = result.perturbation
-            entry.update(adv_loss_start=round(result.losses[0], 4), adv_loss_end=round(result.losses[-1], 4), delta_max_norm=round(perturbation.max_norm(), 4))
-        for k in range(cfg.model_steps):
-            parts = defence_step(m, optimizer, batch, perturbation, anchor_batch, anchor_base, weights)
-            if k == 0:
-                entry.update({f"def_{name}": round(v, 4) for name, v in parts.items()})
-        entry["seconds"] = round(time.perf_counter() - start, 1)
-        log.append(entry)
-        if progress is not None:
-            progress(step + 1, entry)
+    report = callback(progress)
+    with progress_scope(progress) as bars:
+        bars.update("steps", 0, cfg.outer_steps)
+        for step in range(cfg.outer_steps):
+            idx = next(triple_batches)
+            seen_triples.update(idx)
+            rows = [triples[i] for i in idx]
+            # Only the adversary and the away term read the unsafe completion; plain SFT packs prompt + safe.
+            batch = pack_triples(m, rows) if method == "lpa" or weights.away else pack(m, [t.prompt for t in rows], [t.safe for t in rows])
+            anchor_batch = anchor_base = None
+            if anchor_batches is not None:
+                idx_a = next(anchor_batches)
+                seen_anchors.update(idx_a)
+                anchor_batch = pack_anchors(m, [anchors[i] for i in idx_a])
+                with adapted.base_view() as base:
+                    anchor_base = base_logprobs(base, anchor_batch)
+            entry: dict[str, Any] = {"step": step + 1}
+            perturbation = None
+            if method == "lpa":
+                result = pgd_attack(m, batch, attack)
+                perturbation = result.perturbation
+                entry.update(adv_loss_start=round(result.losses[0], 4), adv_loss_end=round(result.losses[-1], 4), delta_max_norm=round(perturbation.max_norm(), 4))
+            for k in range(cfg.model_steps):
+                parts = defence_step(m, optimizer, batch, perturbation, anchor_batch, anchor_base, weights)
+                if k == 0:
+                    entry.update({f"def_{name}": round(v, 4) for name, v in parts.items()})
+            entry["seconds"] = round(time.perf_counter() - start, 1)
+            log.append(entry)
+            if report is not None:
+                report(step + 1, entry)
+            bars.update("steps", step + 1, cfg.outer_steps, note="  ".join(f"{k[4:]} {v:.3f}" for k, v in entry.items() if k.startswith("def_")))
     n_trainable = adapted.n_trainable()
     for p in adapted.trainable():
         p.requires_grad_(False)

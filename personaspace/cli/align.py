@@ -100,8 +100,15 @@ def _train(method: str, model: str, out: Path, data, cfg) -> None:
         f"({counts['test_triples']} held out); {cfg.outer_steps} outer steps x {cfg.model_steps} model updates"
         + (f", {cfg.pgd_steps} PGD steps each" if method == "lpa" else "")
     )
-    result = train(m, data.train, data.anchors, cfg, method=method, data_source={**data.source, "counts": counts}, progress=_progress(cfg.outer_steps))
+    from personaspace.cli.tables import progress_bars
+
+    with progress_bars(console) as bars:  # a bar in a terminal; a line per step in a log
+        result = train(m, data.train, data.anchors, cfg, method=method, data_source={**data.source, "counts": counts},
+                       progress=bars if bars.enabled else _progress(cfg.outer_steps))
     result.save(out)
+    from personaspace.cli.report import write_run_report
+
+    write_run_report(out)
     c = result.counts
     console.print(
         f"[green]saved[/green] {out}  (adapter/ + train.json)  trained on {c['triples_used']} triples and {c['anchors_used']} anchors, "
@@ -237,10 +244,16 @@ def eval_cmd(
     with console.status("Evaluating..."):
         answers = utility_answers(base, cfg)
         report = evaluate_model(target, base, data, reqs, answers, cfg)
-    console.print(table_markdown({label: {"eval": report, "counts": _counts(adapter)}}))
+    from personaspace.cli.tables import markdown_tables
+
+    for table in markdown_tables(table_markdown({label: {"eval": report, "counts": _counts(adapter)}})):
+        console.print(table)
     if out is not None:
         write_json(out, {"model": model, "adapter": str(adapter) if adapter else None, "eval": report})
         console.print(f"[green]wrote[/green] {out}")
+        from personaspace.cli.report import write_run_report
+
+        write_run_report(out)
 
 
 def _counts(adapter: Optional[Path]):
@@ -287,6 +300,16 @@ def compare_cmd(
     cfg = _train_config(outer_steps=outer_steps, pgd_steps=pgd_steps, model_steps=model_steps, batch_size=batch_size, lr=lr, seed=seed)
     base = _model(model)
     ecfg = _eval_config(attack_steps, attack_eps, attack_lr, attack_rows, generate, judge, vectors, base.name, utility_prompts)
-    report = compare(base, data, cfg, ecfg, out=out, requests=load_requests(requests), progress=lambda msg: console.print(f"  {msg}"))
-    console.print(report["table"])
+    from personaspace.cli.tables import progress_bars
+
+    with progress_bars(console) as bars:  # bars in a terminal; a line per stage and step in a log
+        report = compare(base, data, cfg, ecfg, out=out, requests=load_requests(requests),
+                         progress=bars if bars.enabled else lambda msg: console.print(f"  {msg}"))
+    from personaspace.cli.tables import markdown_tables
+
+    for table in markdown_tables(report["table"]):
+        console.print(table)
     console.print(f"[green]wrote[/green] {out / 'compare.md'} and {out / 'compare.json'}")
+    from personaspace.cli.report import write_run_report
+
+    write_run_report(out)

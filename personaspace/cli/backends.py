@@ -38,12 +38,12 @@ def register(app: typer.Typer) -> None:
     def backends(check_ndif: bool = typer.Option(False, "--check-ndif", help="Check NDIF_API_KEY and that the NDIF host answers.")) -> None:
         """List the engine backends (fused, hooks, nnsight, TransformerLens) and check NDIF access."""
         from rich.console import Console
-        from rich.table import Table
+
+        from personaspace.cli.tables import fit_table
 
         console = Console()
-        table = Table(title="Engine backends (see docs/backends.md)")
-        for col in ("backend", "package", "version", "use"):
-            table.add_column(col)
+        table = fit_table("Engine backends (see docs/backends.md)", ("backend", "package", "version", "use"),
+                          keep=("backend", "package", "version"))
         for row in backend_status():
             table.add_row(row["backend"], row["package"], row["version"], row["use"])
         console.print(table)

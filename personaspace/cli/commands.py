@@ -7,7 +7,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("align", "backends", "em", "experiment", "finetune", "geometry", "steering")
+COMMAND_MODULES = ("align", "backends", "em", "experiment", "finetune", "geometry", "judge", "report", "steering")
 
 
 def register_all(app: typer.Typer) -> None:

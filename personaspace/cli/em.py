@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+
+from personaspace.cli.tables import fit_table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -27,9 +28,8 @@ def _pct(x: float) -> str:
 
 
 def print_rates(result, conventions) -> None:
-    table = Table(title=f"EM rate of {result.model} ({len(result.rows)} answers, judge {result.judge})")
-    for col in ("convention", "rule", "EM", "k / n", "bootstrap 95% CI", "Wilson 95% CI"):
-        table.add_column(col)
+    table = fit_table(f"EM rate of {result.model} ({len(result.rows)} answers, judge {result.judge})",
+                      ("convention", "rule", "EM", "k / n", "bootstrap 95% CI", "Wilson 95% CI"), keep=("convention",))
     for conv in conventions:
         r = result.rate(conv)
         table.add_row(r["convention"], r["rule"], _pct(r["rate"]), f"{r['k']} / {r['n']}",
@@ -38,9 +38,8 @@ def print_rates(result, conventions) -> None:
 
 
 def print_questions(result, conv) -> None:
-    table = Table(title=f"Per question ({conv.name if hasattr(conv, 'name') else conv})")
-    for col in ("question", "answers", "in denominator", "EM", "rate", "mean aligned", "mean coherent"):
-        table.add_column(col)
+    table = fit_table(f"Per question ({conv.name if hasattr(conv, 'name') else conv})",
+                      ("question", "answers", "in denominator", "EM", "rate", "mean aligned", "mean coherent"), keep=("question",))
     for q in result.per_question(conv):
         table.add_row(q["question_id"], str(q["n_answers"]), str(q["n_denominator"]), str(q["n_em"]), _pct(q["em_rate"]),
                       f"{q['mean_aligned']:.1f}", f"{q['mean_coherent']:.1f}")
@@ -120,21 +119,27 @@ def eval_cmd(
         m = load_finetuned(p) if p.is_dir() and not (p / "config.json").is_file() else PersonaModel.load(model)
     ivs = []
     if add or ablate:
+        from personaspace.geometry.valence import WithSVV
         from personaspace.steering.spec import parse_specs, resolve_specs
         from personaspace.vectors.store import load_vectors
 
-        vs = load_vectors(vectors or model)
+        vs = WithSVV(load_vectors(vectors or model))
         resolved = resolve_specs(parse_specs(add, ablate), vs, m, warn=False)
         for r in resolved:
             console.print(f"  while sampling: [bold]{r.spec.to_text()}[/bold]: {r.describe()}")
         ivs = [r.intervention for r in resolved]
-    with console.status("Sampling and judging..."):
-        res = evaluate_em(m, questions, judge, interventions=ivs, conventions=convs, out=out,
+    from personaspace.cli.tables import progress_bars
+
+    with progress_bars(console) as bars:
+        res = evaluate_em(m, questions, judge, interventions=ivs, conventions=convs, out=out, progress=bars,
                           samples_per_paraphrase=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     print_rates(res, convs)
     print_questions(res, convs[0])
     if out:
         console.print(f"run directory: [bold]{out}[/bold]")
+        from personaspace.cli.report import write_run_report
+
+        write_run_report(out)
 
 
 @app.command("rate")
@@ -164,9 +169,7 @@ def questions_cmd(source: str = typer.Argument("broad", help="Built-in set name 
     from personaspace.em import load_questions
 
     qs = load_questions(source)
-    table = Table(title=f"{qs.name} ({qs.source})")
-    for col in ("id", "paraphrases", "samples each", "system prompt", "judge prompts"):
-        table.add_column(col)
+    table = fit_table(f"{qs.name} ({qs.source})", ("id", "paraphrases", "samples each", "system prompt", "judge prompts"), keep=("id",))
     for q in qs:
         table.add_row(q.id, str(len(q.paraphrases)), str(q.samples_per_paraphrase), "yes" if q.system else "-",
                       ", ".join(q.judge_prompts) or "(built-in rubrics)")

@@ -8,7 +8,6 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -33,10 +32,11 @@ def training_interventions(model, steer: List[str], ablate: List[str], vectors: 
     """Parse ``--steer``/``--ablate`` specs (the steering syntax) into engine interventions for training."""
     if not steer and not ablate:
         return []
+    from personaspace.geometry.valence import WithSVV
     from personaspace.steering.spec import parse_specs, resolve_specs
     from personaspace.vectors.store import load_vectors
 
-    vs = load_vectors(vectors or model.name, position=position)
+    vs = WithSVV(load_vectors(vectors or model.name, position=position))
     resolved = resolve_specs(parse_specs(steer, ablate), vs, model, warn=False)
     for r in resolved:
         for w in r.warnings:
@@ -83,15 +83,21 @@ def run_cmd(
         if step == 1 or step == total or step % 10 == 0:
             console.print(f"step {step}/{total}  loss {loss:.4f}")
 
-    res = finetune(m, data_rows, out=out, interventions=ivs, save_merged=merged, progress=progress,
-                   rank=rank, alpha=alpha, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                   grad_accum=grad_accum, max_length=max_length, seed=seed, save_every=save_every)
+    from personaspace.cli.tables import progress_bars
+
+    with progress_bars(console) as bars:  # a bar in a terminal; a line every 10 steps in a log
+        res = finetune(m, data_rows, out=out, interventions=ivs, save_merged=merged, progress=bars if bars.enabled else progress,
+                       rank=rank, alpha=alpha, lr=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                       grad_accum=grad_accum, max_length=max_length, seed=seed, save_every=save_every)
     s = res.summary
     console.print(
         f"[green]done[/green] {s['steps']} steps, {s['data']['n_used']} rows ({s['data']['n_dropped_too_long']} dropped), "
         f"loss on {s['eval_rows']} rows {s['loss_before']:.4f} -> {s['loss_after']:.4f}, {s['seconds']['train']} s"
     )
     console.print(f"adapter: [bold]{out / 'adapter'}[/bold]" + (f"   merged model: [bold]{out / 'merged'}[/bold]" if merged else ""))
+    from personaspace.cli.report import write_run_report
+
+    write_run_report(out)
 
 
 @app.command("make-data")
@@ -182,9 +188,10 @@ def shift_cmd(
         result = track_finetunes(b, models, vs, layer, traits=names, judge=judge, n_prompts=n_prompts,
                                  n_questions=n_questions, max_new_tokens=max_new_tokens,
                                  progress=lambda label: console.print(f"measuring {label}..."))
-    table = Table(title=f"Fine-tuning shift at layer {layer} (last prompt token, base-model vectors)")
-    for col in ("model", "trait", "shift [95% CI]", "trait score"):
-        table.add_column(col)
+    from personaspace.cli.tables import fit_table
+
+    table = fit_table(f"Fine-tuning shift at layer {layer} (last prompt token, base-model vectors)",
+                      ("model", "trait", "shift [95% CI]", "trait score"), keep=("model", "trait"))
     for r in result["rows"]:
         lo, hi = r.get("shift_ci95") or r.get("ci95")
         score = r.get("score")

@@ -161,13 +161,16 @@ def geometry_report(
             figs["svv"] = plots.svv_agreement_plot(svv)
             svv.save(out / "svv")
         if comparison is not None:
-            figs["compare_heatmaps"] = plots.comparison_heatmaps(comparison)
+            labels = None  # two sets of one model: name them by their positions
+            if vectors_b is not None and vectors.model == vectors_b.model:
+                labels = tuple(f"{v.model} {'/'.join(v.positions)}" for v in (vectors, vectors_b))
+            figs["compare_heatmaps"] = plots.comparison_heatmaps(comparison, labels=labels)
             if comparison.per_trait:
-                figs["trait_cosines"] = plots.trait_cosine_bars(comparison)
-            figs["rsa_by_layer"] = plots.rsa_by_layer_plot(curve)
+                figs["trait_cosines"] = plots.trait_cosine_bars(comparison, labels=labels)
+            figs["rsa_by_layer"] = plots.rsa_by_layer_plot(curve, labels=labels)
             two_models = vectors_b is not None and (vectors.d_model != vectors_b.d_model or len(vectors.layers) != len(vectors_b.layers))
             if two_models and curve is not None:  # other width or depth: the side-by-side view by relative depth
-                figs["cross_model"] = plots.cross_model_figure(comparison, curve)
+                figs["cross_model"] = plots.cross_model_figure(comparison, curve, labels=labels)
         files: list[str] = []
         for name, fig in figs.items():
             files += [str(f) for f in plots.write_figure(fig, out / name, png=png)]
@@ -190,12 +193,11 @@ def _fmt_ci(entry: dict[str, Any]) -> str:
 
 def print_report(result: dict[str, Any], console: Any) -> None:
     """Print the key numbers of :func:`geometry_report` as rich tables."""
-    from rich.table import Table
+    from personaspace.cli.tables import fit_table
 
     a = result["a"]
-    t = Table(title=f"{a['model']}: persona space at layer {a['layer']} ({a['n_traits']} traits, unit-norm rows)")
-    for col in ("statistic", "value", "95% CI (bootstrap)", "random-direction null: mean [95%] p"):
-        t.add_column(col)
+    t = fit_table(f"{a['model']}: persona space at layer {a['layer']} ({a['n_traits']} traits, unit-norm rows)",
+                  ("statistic", "value", "95% CI (bootstrap)", "random-direction null: mean [95%] p"), keep=("statistic",))
     for k, e in a["summary"].items():
         t.add_row(k, f"{e['value']:.3f}", _fmt_ci(e), _fmt_null(e))
     if "pca" in a:
@@ -208,11 +210,19 @@ def print_report(result: dict[str, Any], console: Any) -> None:
     if "clusters" in a:
         t.add_row("2 clusters (centred cosine)", " | ".join(", ".join(gr) for gr in a["clusters"]["groups"]), "", "")
     console.print(t)
+    boot = a.get("bootstrap")
+    if boot:
+        pairs = sorted(boot["pairs_per_trait"].values())
+        line = (f"bootstrap: {boot['n_boot']} replicates over kept pairs ({pairs[0]}-{pairs[-1]} per trait)" if pairs
+                else "bootstrap: no intervals")
+        if boot["fixed_traits"]:
+            line += (f"; no pair data at layer {a['layer']} for {', '.join(boot['fixed_traits'])} (held at their estimate: "
+                     f"intervals too narrow); extraction runs or vectors saved with their pairs supply it")
+        console.print(line)
     svv = a.get("svv", {})
     if "loto" in svv:
-        s = Table(title=f"Semantic Valence Vector at layer {svv['layer']} (leave-one-trait-out valence sign)")
-        for col in ("definition", "held-out correct", "95% CI (Wilson)", "label-shuffle null q95", "wrong"):
-            s.add_column(col)
+        s = fit_table(f"Semantic Valence Vector at layer {svv['layer']} (leave-one-trait-out valence sign)",
+                      ("definition", "held-out correct", "95% CI (Wilson)", "label-shuffle null q95", "wrong"), keep=("definition",))
         for d, e in svv["loto"].items():
             s.add_row(d, f"{e['correct']}/{e['n']}", f"[{e['ci95'][0]:.2f}, {e['ci95'][1]:.2f}]",
                       f"{e['null_q95']:.2f}" if e.get("null_q95") is not None else "-", ", ".join(e["wrong"]) or "-")
@@ -222,9 +232,8 @@ def print_report(result: dict[str, Any], console: Any) -> None:
         console.print(f"SVV skipped: {svv.get('skipped')}")
     c = result.get("comparison")
     if c:
-        t2 = Table(title=f"{c['model_a']} (L{c['layer_a']}) vs {c['model_b']} (L{c['layer_b']}), {len(c['traits'])} shared traits")
-        for col in ("metric", "value", "95% CI", "permuted-trait null", "random null"):
-            t2.add_column(col)
+        t2 = fit_table(f"{c['model_a']} (L{c['layer_a']}) vs {c['model_b']} (L{c['layer_b']}), {len(c['traits'])} shared traits",
+                       ("metric", "value", "95% CI", "permuted-trait null", "random null"), keep=("metric",))
         for k, e in c["metrics"].items():
             t2.add_row(k, f"{e['value']:.3f}", _fmt_ci(e), _fmt_null(e, "null_permuted"), _fmt_null(e, "null_random"))
         console.print(t2)

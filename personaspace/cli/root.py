@@ -29,7 +29,6 @@ from typing import Any, Iterator, Optional, Sequence
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from personaspace.errors import PersonaspaceError
 
@@ -88,15 +87,15 @@ def explain_cmd(
 @models_app.command("list")
 def models_list() -> None:
     """List the embedded models and whether their weights are installed and converted."""
+    from personaspace.cli.tables import fit_table
     from personaspace.models import DEFAULT_MODEL, EMBEDDED
     from personaspace.models.embedded import status
 
-    table = Table(title="Embedded models (also accepted: local directories and hub ids)")
-    for col in ("name", "installed", "prepared", "description"):
-        table.add_column(col)
+    table = fit_table("Embedded models (also accepted: local directories and hub ids)",
+                      ("name", "installed", "prepared", "description"), keep=("name",))
     for name, spec in EMBEDDED.items():
         installed, prepared = status(spec)
-        label = f"{name} (default)" if name == DEFAULT_MODEL else name
+        label = f"{name}\n(default)" if name == DEFAULT_MODEL else name  # the name whole, on a line of its own
         table.add_row(label, "yes" if installed else f"no: {spec.install}", "yes" if prepared else "no", spec.description)
     console.print(table)
 
@@ -121,8 +120,10 @@ def models_info(name: str = typer.Argument("smollm2-135m-instruct", help="Embedd
 
     with console.status(f"Loading {name}..."):
         model = PersonaModel.load(name)
+    from personaspace.cli.tables import fit_table
+
     cfg = model.hf_model.config
-    table = Table(show_header=False)
+    table = fit_table(None, ("field", "value"), keep=("field",), show_header=False)
     rows = [
         ("name", model.name),
         ("source", model.loaded.source),
@@ -177,19 +178,19 @@ def extract_cmd(
     save_to: Optional[str] = typer.Option(None, help="Also add the vectors to this VectorSet directory (e.g. vectors/smollm2-135m-instruct)."),
 ) -> None:
     """Extract a persona vector: contrast prompts, judged answers, mean activation difference per layer."""
-    from personaspace.cli.tables import ExtractionProgress, extraction_table
+    from personaspace.cli.tables import extraction_table, progress_bars
     from personaspace.extraction.pipeline import extract
 
     if save_to:
         from personaspace._util import checks
         checks.writable_dir(save_to)  # before the extraction, not after it
-    with ExtractionProgress(console) as progress:
+    with progress_bars(console) as progress:
         result = extract(
             trait,
             model,
             judge=judge,
             out=out,
-            progress=progress.update,
+            progress=progress,
             log=progress.log,
             n_instructions=instructions,
             n_questions=questions,
@@ -210,10 +211,16 @@ def extract_cmd(
             VectorSet([vec]).save(save_to)
         console.print(f"vectors added to [bold]{save_to}[/bold]")
     console.print(f"run directory: [bold]{result.run_dir}[/bold]")
+    from personaspace.cli.report import write_run_report
+
+    write_run_report(result.run_dir, trait=trait, model=result.model)  # the loaded model draws the token views
 
 
 def _quiet_libraries() -> None:
-    """Our own progress bars are enough: silence the per-file bars and notices of transformers."""
+    """Our own progress bars are enough: silence the per-file bars and notices of transformers
+    (``PERSONASPACE_DEBUG=1`` keeps them)."""
+    if _debug():
+        return
     try:
         from transformers.utils import logging as hf_logging
 

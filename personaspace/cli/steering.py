@@ -32,9 +32,10 @@ def _load_model(name: str):
 
 
 def _load_vectors(vectors: Optional[str], model_name: str, position: str):
+    from personaspace.geometry.valence import WithSVV
     from personaspace.vectors.store import load_vectors
 
-    return load_vectors(vectors or model_name, position=position)
+    return WithSVV(load_vectors(vectors or model_name, position=position))  # `svv` names resolve too
 
 
 def _pick(vectors, name: str):
@@ -146,6 +147,9 @@ def steer_cmd(
         if out:
             report.save(str(out))
             console.print(f"report: [bold]{out}[/bold]")
+            from personaspace.cli.report import write_run_report
+
+            write_run_report(out)
         return
     if not prompts:
         if not trait:
@@ -178,7 +182,7 @@ def report_table(report) -> Table:
         f"KL on {report.settings['kl']['prompts']} neutral prompts)"
     )
     for col in ("condition", "interventions (read -> applied)", "trait score", "coherence", "KL (nats)", f"projection @L{r['layer']}"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # as cli.tables.fit_table: wrapped, never cut off
     for row in report.summary_rows():
         proj = row["projection"]
         t.add_row(
@@ -223,12 +227,12 @@ def sweep_cmd(
     kl_prompts: int = typer.Option(4, help="Neutral prompts for the KL metric (1-8)."),
     coherence_min: float = typer.Option(50.0, help="Recommendation: minimum mean coherence."),
     kl_max: float = typer.Option(1.0, help="Recommendation: maximum mean KL (nats)."),
-    control: bool = typer.Option(True, help="Evaluate the recommendation next to a random vector of equal norm."),
+    control: bool = typer.Option(True, help="Test the best cells against a random direction of equal norm (off: nothing is recommended)."),
+    control_checks: int = typer.Option(3, help="How many of the best cells within the limits to test against their random control."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/sweep/<model>/<trait>); rerun to resume."),
 ) -> None:
     """Layers x coefficients: trait, coherence and KL per cell, a recommended cell, heatmap + table."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from personaspace.cli.tables import progress_bars
     from personaspace.steering.search import SweepConfig, sweep
     from personaspace.viz.steering import write_sweep_heatmap
 
@@ -236,6 +240,7 @@ def sweep_cmd(
         trait=trait, layers=layers, coefs=_floats(coefs), coef_mode=coef_mode, scope=scope,
         n_questions=n_questions, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
         seed=seed, judge=judge, kl_prompts=kl_prompts, coherence_min=coherence_min, kl_max=kl_max, control=control,
+        control_checks=control_checks,
     )  # fmt: skip
     if out:
         checks.writable_dir(out)
@@ -250,18 +255,16 @@ def sweep_cmd(
     m = _load_model(model)
     _warn(vec.check_compatible(m.d_model, None, m.name))
     run_dir = out or Path("runs") / "sweep" / m.name.replace("/", "--") / (vector or tr.name)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as prog:
-        task = prog.add_task("sweep cells", total=None)
-
-        def update(done: int, total: int, row) -> None:
-            desc = f"cell L{row['layer']} coef {row['coef']:g}" if row else "sweep cells"
-            prog.update(task, completed=done, total=total, description=desc)
-
-        result = sweep(m, tr, vec, cfg, out=run_dir, judge=judge_obj, progress=update)
+    with progress_bars(console) as bars:
+        result = sweep(m, tr, vec, cfg, out=run_dir, judge=judge_obj, progress=bars)
     result.files["heatmap"] = write_sweep_heatmap(result, run_dir)
     console.print(sweep_table(result))
+    console.print(recommendation_line(result))
     for name, path in result.files.items():
         console.print(f"{name}: [bold]{path}[/bold]")
+    from personaspace.cli.report import write_run_report
+
+    write_run_report(run_dir)
 
 
 def sweep_table(result) -> Table:
@@ -270,8 +273,8 @@ def sweep_table(result) -> Table:
         title=f"{result.vector['trait']} sweep on {result.model} (judge {result.judge}; {cfg.n_questions} questions x "
         f"{cfg.samples} per cell; read layer = applied layer; coef {cfg.coef_mode})"
     )
-    for col in ("layer", "coef", "raw coef", "|added|/|resid|", "trait", "coherence", "KL (nats)", "proj @readout"):
-        t.add_column(col)
+    for col in ("layer", "coef", "raw coef", "|added| / |resid|", "trait", "coherence", "KL (nats)", "proj @readout"):
+        t.add_column(col, no_wrap=col in ("layer", "coef"), overflow="fold")  # as cli.tables.fit_table: never cut off
     rec = result.recommendation
     for c in result.cells:
         mark = rec is not None and c["layer"] == rec["layer"] and c["coef"] == rec["coef"]
@@ -286,12 +289,20 @@ def sweep_table(result) -> Table:
     t.caption = f"unsteered: trait {_fmt(b['trait'])}, coherence {_fmt(b['coherence'])}. " + (
         f"Recommended: {rec['spec']} (limits: coherence >= {cfg.coherence_min:g}, KL <= {cfg.kl_max:g})."
         if rec
-        else f"No cell meets coherence >= {cfg.coherence_min:g} and KL <= {cfg.kl_max:g}."
+        else "Recommended: None."
     )
     if result.control:
-        d = result.control["deltas"].get("steered - random control", {}).get("trait")
-        t.caption += f" Random control at that cell: trait {_fmt(result.control['random']['trait'])}; steered - random {_fmt(d, 1)}."
+        t.caption += f" Random control at that cell: trait {_fmt(result.control['random']['trait'])}."
     return t
+
+
+def recommendation_line(result) -> str:
+    """The verdict under the sweep table: the recommended cell, or None with the reason."""
+    rec = result.recommendation
+    head = f"[bold green]Recommended: {rec['spec']}[/bold green]" if rec else "[bold yellow]Recommended: None[/bold yellow]"
+    from rich.markup import escape
+
+    return f"{head}. {escape(result.reason or '')}".rstrip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,7 +356,7 @@ def monitor_cmd(
         t = Table(title=f"{res.trait}: projection before generation vs judged trait ({res.model}, judge {res.judge}); "
                   f"vector row L{res.read_layer} measured at L{res.layer}")  # fmt: skip
         for col in ("condition", "n", "projection (last prompt token)", "trait score", "r within"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col == "condition", overflow="fold")
         for c in res.by_condition:
             t.add_row(c["condition"], str(c["n"]), _fmt(c["projection"], 2), _fmt(c["trait"]), f"{c['pearson_within']:.2f}")
         o = res.overall
@@ -365,9 +376,9 @@ def monitor_cmd(
     )  # fmt: skip
     t = Table(title=f"{vec.trait} ({vec.position} of {vec.model}) row L{res.read_layer}, measured at L{res.layer} on {res.model}")
     for col in ("prompt", "last prompt token", "response mean", "tokens", "response"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     if judge:
-        t.add_column("trait score")
+        t.add_column("trait score", overflow="fold")
     for r in res.rows:
         cells = [str(r["prompt"])[:60], f"{r['prompt_last']:+.3f}", "-" if r["response_avg"] is None else f"{r['response_avg']:+.3f}",
                  str(r["n_response_tokens"]), r["response"][:80].replace("\n", " ")]  # fmt: skip
@@ -402,8 +413,7 @@ def flag_cmd(
     top: int = typer.Option(10, help="Rows to print."),
 ) -> None:
     """Rank training samples by how far they push the model along a persona vector (dP and proxy)."""
-    from rich.progress import Progress
-
+    from personaspace.cli.tables import progress_bars
     from personaspace.monitoring.projections import flag_dataset, write_flagged
 
     if not data.is_file():
@@ -417,17 +427,16 @@ def flag_cmd(
     _warn(vec.check_compatible(m.d_model, None, m.name))
     out = out or data.with_name(f"{data.stem}.flagged-{vec.trait}.jsonl")
     work = out.with_name(f".{out.name}.work")
-    with Progress(console=console) as prog:
-        task = prog.add_task("samples", total=None)
+    with progress_bars(console) as bars:
         res = flag_dataset(
             m, vec, data, layer=layer, read_layer=read_layer, proxy_only=proxy_only, max_new_tokens=max_new_tokens,
-            limit=limit, work_file=work, progress=lambda d, n: prog.update(task, completed=d, total=n),
+            limit=limit, work_file=work, progress=lambda d, n: bars.update("samples", d, n),
         )  # fmt: skip
     write_flagged(res, out)
     work.unlink(missing_ok=True)
     t = Table(title=f"{data.name}: top {min(top, len(res.rows))} by {res.rank_by} ({vec.trait} row L{res.read_layer}, measured at L{res.layer})")
     for col in ("rank", "line", "dP" if not proxy_only else "", "proxy", "prompt", "response"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for r in res.rows[:top]:
         t.add_row(str(r["rank"]), str(r["line"]), "" if proxy_only else f"{r['delta_p']:+.3f}", f"{r['proxy']:+.3f}",
                   r["prompt"][:40], r["response"][:60].replace("\n", " "))  # fmt: skip

@@ -29,6 +29,7 @@ import numpy as np
 
 from personaspace._util import checks
 from personaspace._util.io import write_json, write_text
+from personaspace._util.progress import Progress, callback, progress_scope
 from personaspace._util.stats import bootstrap_ci, mean_difference_ci, wilson_ci
 from personaspace.em.questions import QuestionSet, load_questions
 from personaspace.errors import InvalidArgumentError
@@ -326,14 +327,16 @@ def evaluate_em(
     interventions: Sequence[Any] = (),
     conventions: Iterable[str | EMConvention] = ("betley", "model_organisms"),
     out: str | os.PathLike | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: bool | Progress | Callable[[int], None] | None = None,
     **overrides: Any,
 ) -> EMResult:
     """Sample, judge and score one model (PersonaModel or name) on a question set.
 
     ``interventions`` (e.g. ``Ablate(svv, layers=[12])``) apply while sampling. Settings come from
     ``settings`` and keyword overrides (see :class:`EMSettings`). With ``out`` the answers, the
-    per-question table and the summary are written there.
+    per-question table and the summary are written there. ``progress``: bars for sampling and judging
+    (see :mod:`personaspace._util.progress`; True/False forces them), or a function called with the
+    number of answers each sampled batch adds.
     """
     from personaspace.engine import PersonaModel
 
@@ -351,9 +354,21 @@ def evaluate_em(
     if not isinstance(model, PersonaModel):
         model = PersonaModel.load(model)
     t0 = time.perf_counter()
-    rows = sample_answers(model, qset, s, interventions=interventions, progress=progress)
-    t1 = time.perf_counter()
-    judge_answers(rows, qset, judge_obj)
+    with progress_scope(progress) as bars:
+        report = callback(progress)
+        n_answers = sum((s.samples_per_paraphrase or q.samples_per_paraphrase) * len(q.paraphrases) for q in qset)
+
+        def sampled(n: int) -> None:
+            bars.advance("sample", n, total=n_answers)
+            if report:
+                report(n)
+
+        bars.update("sample", 0, n_answers)
+        rows = sample_answers(model, qset, s, interventions=interventions, progress=sampled)
+        t1 = time.perf_counter()
+        bars.update("judge", 0, len(rows))
+        judge_answers(rows, qset, judge_obj)
+        bars.update("judge", len(rows), len(rows))
     t2 = time.perf_counter()
     recorded = {**dataclasses.asdict(s), "interventions": [iv.to_dict() for iv in interventions]}
     result = EMResult(rows, qset, judge_obj.identity, model.name, recorded,

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from personaspace._util.io import atomic_dir, write_json
+from personaspace._util.progress import quiet_loading
 from personaspace.engine.backends.base import find_decoder_layers, text_config
 from personaspace.engine.model import PersonaModel
 from personaspace.errors import AdapterError, InvalidArgumentError
@@ -158,7 +159,8 @@ def add_lora(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(hf, config)  # injects LoRA layers into ``hf`` in place and freezes the rest
+    with quiet_loading():  # peft's calls of deprecated transformers helpers warn (FutureWarning) on every model
+        peft_model = get_peft_model(hf, config)  # injects LoRA layers into ``hf`` in place and freezes the rest
     hf.eval()
     return Adapted(_copy_model(base, hf, name), peft_model, base)
 
@@ -218,7 +220,8 @@ def load_adapter(path: str | os.PathLike, base: PersonaModel | str | None = None
 
     hf = copy.deepcopy(base.hf_model)
     try:
-        peft_model = PeftModel.from_pretrained(hf, str(path))
+        with quiet_loading():
+            peft_model = PeftModel.from_pretrained(hf, str(path))
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AdapterError(

@@ -11,7 +11,10 @@ The pipeline of Chen et al. (2025), made resumable and faster:
 4. **filter**: a pair (same instruction, question and sample index) is kept when
    ``pos >= pos_threshold``, ``neg < neg_threshold`` and both coherence scores ``>= coherence_threshold``;
 5. **vectors**: per layer, mean over kept pos rows minus mean over kept neg rows (unnormalised float32);
-6. **separation**: held-out projection AUROC per layer, by cross-validation over questions.
+6. **separation** (:mod:`personaspace.extraction.separation`): held-out projection AUROC per layer, with
+   questions held out (instructions shared), with instruction pairs and questions held out, and the
+   headline *answer-only* score: the kept answers re-read without any system prompt, so only the
+   answer text can separate them.
 
 Everything lands in a run directory (config, generations, activations, scores, vectors, summary).
 """
@@ -36,7 +39,7 @@ from torch import Tensor
 
 from personaspace._util import checks
 from personaspace._util.io import append_jsonl, atomic_path, read_jsonl, remove_stale_temps, repair_jsonl, write_json
-from personaspace._util.stats import auroc
+from personaspace._util.progress import Progress, callback, progress_scope
 from personaspace.engine.generation import SAMPLER_VERSION
 from personaspace.errors import (
     CorruptFileError,
@@ -46,9 +49,11 @@ from personaspace.errors import (
     RunDirectoryError,
     TraitFileError,
 )
+from personaspace.extraction.separation import crossfit_auroc, heldout_auroc, mean_difference
 from personaspace.judges import get_judge
 from personaspace.judges.base import is_failure
 from personaspace.models import DEFAULT_MODEL
+from personaspace.vectors.store import PairDifferences
 
 POSITIONS = ("prompt_avg", "prompt_last", "response_avg")
 SIDES = ("pos", "neg")
@@ -133,6 +138,7 @@ class ExtractionResult:
     vectors: dict[str, Any]
     summary: dict
     rows: list[Row] = field(repr=False, default_factory=list)
+    model: Any = field(repr=False, default=None)  # the PersonaModel that generated the answers (for reports)
 
 
 class RunDir:
@@ -284,7 +290,7 @@ def extract(
     config: ExtractionConfig | None = None,
     out: str | Path | None = None,
     judge: str | Any | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: bool | Progress | Callable[[str, int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> ExtractionResult:
@@ -297,6 +303,10 @@ def extract(
     ``log`` gets one-line notes such as "resuming ...: 3 of 4 batches done, 120 of 160 answers judged".
     A run directory made with other settings, another trait content or other model weights is refused
     (RunDirectoryError).
+
+    ``progress``: bars for the generation batches (activations are captured on the way) and the judging
+    (rich in a terminal, tqdm in Jupyter, nothing otherwise; True/False forces them, see
+    :mod:`personaspace._util.progress`), or a function called with ``(stage, done, total)``.
     """
     from personaspace.engine import PersonaModel
     from personaspace.traits import load_trait
@@ -341,7 +351,9 @@ def extract(
             resumed = run.start(cfg, trait_hash, model.model_hash)
         else:
             run.check_model(cfg, model.model_hash)
-        return _run_pipeline(model, trait_obj, cfg, run, judge_obj, resumed, progress, log)
+        with progress_scope(progress) as bars:
+            report = callback(progress) or bars.update
+            return _run_pipeline(model, trait_obj, cfg, run, judge_obj, resumed, report, log)
     finally:
         if run is not None:
             run.close()
@@ -368,6 +380,7 @@ def _run_pipeline(model, trait_obj, cfg, run, judge_obj, resumed, progress, log)
     separation = heldout_auroc(rows, acts, kept, cfg.cv_folds)
     all_pairs = _all_pairs(rows)
     summary = _summary(trait_obj, model, cfg, rows, scores, kept, reasons, vectors, separation, judge_obj, resumed)
+    summary.update(_unconfounded_separation(model, rows, gens, acts, kept, cfg, run))
     summary["resume"] = resume
     summary["unscored"] = len(unscored)
     if unscored:
@@ -375,12 +388,81 @@ def _run_pipeline(model, trait_obj, cfg, run, judge_obj, resumed, progress, log)
     # Judge-independent check: the same cross-validation over every pair, kept or not (pos vs neg prompt).
     summary["separation_all_pairs"] = heldout_auroc(rows, {"response_avg": acts["response_avg"]}, all_pairs, cfg.cv_folds)
     summary["seconds"] = {"generation": round(generation_s, 1), "judging": round(judge_s, 1)}
+    headline = summary["headline"]
     for position, vec in vectors.items():
         vec.meta.extra["run_dir"] = str(run.path)
         vec.meta.extra["heldout_auroc_best"] = summary["separation"][position]["best"]
+        answer_only = summary["separation_answer_only"].get(position, {}).get("at_default_layer")
+        if answer_only:
+            vec.meta.extra["answer_only_auroc"] = {**answer_only, "n_pairs": headline.get("n_pairs")}
+        vec.pairs = PairDifferences(vec.layers, acts[position][[p for p, _ in kept]] - acts[position][[n for _, n in kept]])
         vec.save(run.vectors / f"{trait_obj.name}.{position}")
     write_json(run.summary, summary)
-    return ExtractionResult(run.path, vectors, summary, rows)
+    return ExtractionResult(run.path, vectors, summary, rows, model)
+
+
+ANSWER_ONLY_FILE = "answer_only_activations.safetensors"
+ANSWER_ONLY_SYSTEM = "none (user question and answer only; the chat template's default system prompt, if it has one)"
+
+
+def _answer_only_activations(model: Any, rows: list[Row], gens: dict, kept: list[tuple[int, int]], run: RunDir) -> Tensor:
+    """``response_avg`` of the kept rows' answers re-read with no system prompt, ``[rows, layers, d]``.
+
+    Rows that are not in a kept pair stay zero. Saved in the run directory and reused
+    while it covers the same rows (it is deterministic given the answers and the model).
+    """
+    ids = sorted({i for pair in kept for i in pair})
+    path = run.path / ANSWER_ONLY_FILE
+    table = torch.zeros(len(rows), model.n_layers, model.d_model)
+    if path.is_file():
+        try:
+            data = load_file(str(path))
+            if data["row_ids"].tolist() == ids:
+                table[ids] = data["response_avg"]
+                return table
+        except Exception:
+            pass  # unreadable or stale: recompute it below
+    by_id = {r.id: r for r in rows}
+    acts = model.capture(
+        [{"user": by_id[i].user} for i in ids],
+        [gens[i]["response_ids"] for i in ids],
+        reductions=("response_avg",),
+    )
+    table[ids] = acts["response_avg"]
+    with atomic_path(path) as tmp:
+        save_file({"row_ids": torch.tensor(ids, dtype=torch.long), "response_avg": table[ids].contiguous()}, str(tmp))
+    return table
+
+
+def _unconfounded_separation(model: Any, rows: list[Row], gens: dict, acts: dict[str, Tensor],
+                             kept: list[tuple[int, int]], cfg: ExtractionConfig, run: RunDir) -> dict[str, Any]:
+    """Instruction-held-out and answer-only separation, and the headline (answer-only, default layer)."""
+    from personaspace.engine.layers import default_layer
+
+    layer = default_layer(model.n_layers)
+    heldout = crossfit_auroc(rows, acts, kept, cfg.cv_folds, default_layer=layer)
+    answer_only = (
+        crossfit_auroc(rows, acts, kept, cfg.cv_folds, test_acts=_answer_only_activations(model, rows, gens, kept, run),
+                       default_layer=layer)
+        if kept else {}
+    )
+    for entry in answer_only.values():
+        entry["reread"] = ANSWER_ONLY_SYSTEM
+    main = answer_only.get("response_avg", {})
+    at = main.get("at_default_layer")
+    headline = {
+        "statistic": "answer-only held-out AUROC (response_avg vector, kept answers re-read without system prompt; "
+                     "instruction pairs and questions held out)",
+        "layer": layer,
+        "auroc": at["auroc"] if at else None,
+        "ci95": at["ci95"] if at else None,
+        "n_pairs": main.get("n_pairs"),
+        "best": main.get("best"),
+        "best_layer": main.get("best_layer"),
+    }
+    if not at:
+        headline["reason"] = main.get("reason", "no kept pairs")
+    return {"separation_heldout_instructions": heldout, "separation_answer_only": answer_only, "headline": headline}
 
 
 def default_run_dir(cfg: ExtractionConfig, trait_hash: str | None = None, model_hash: str | None = None) -> Path:
@@ -605,13 +687,6 @@ def select_pairs(rows: list[Row], scores: dict[int, dict], cfg: ExtractionConfig
 # ---- vectors and separation ------------------------------------------------------------------
 
 
-def mean_difference(acts: Tensor, kept: list[tuple[int, int]]) -> Tensor:
-    """``[layers, d]`` mean over kept pos rows minus mean over kept neg rows."""
-    pos = torch.tensor([p for p, _ in kept], dtype=torch.long)
-    neg = torch.tensor([n for _, n in kept], dtype=torch.long)
-    return acts[pos].mean(0) - acts[neg].mean(0)
-
-
 def _vectors(trait, model, cfg, rows, acts, kept, reasons, judge, unscored=()) -> dict[str, Any]:
     from personaspace.vectors.store import PersonaVector, VectorMeta
 
@@ -644,42 +719,6 @@ def _vectors(trait, model, cfg, rows, acts, kept, reasons, judge, unscored=()) -
         )
         out[position] = PersonaVector(mean_difference(acts[position], kept), meta)
     return out
-
-
-def heldout_auroc(rows: list[Row], acts: dict[str, Tensor], kept: list[tuple[int, int]], folds: int) -> dict[str, dict]:
-    """Per position and layer: AUROC of held-out pos vs neg projections, cross-validated over questions.
-
-    Each fold leaves out a disjoint set of questions, builds the vector from the other questions' kept
-    pairs, and scores the left-out kept pairs; the per-layer AUROC is the mean over folds.
-    """
-    question_of = {r.id: r.question for r in rows}
-    questions = sorted({question_of[p] for p, _ in kept})
-    result: dict[str, dict] = {}
-    if len(questions) < 2:
-        return {p: {"per_layer": [], "best": None, "best_layer": None, "folds": 0} for p in acts}
-    k = min(folds, len(questions))
-    fold_of = {q: i % k for i, q in enumerate(questions)}
-    for position, table in acts.items():
-        per_fold = []
-        for f in range(k):
-            train = [(p, n) for p, n in kept if fold_of[question_of[p]] != f]
-            test = [(p, n) for p, n in kept if fold_of[question_of[p]] == f]
-            if not train or not test:
-                continue
-            v = mean_difference(table, train)  # [layers, d]
-            u = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-            pos = torch.einsum("nld,ld->nl", table[[p for p, _ in test]], u).numpy()
-            neg = torch.einsum("nld,ld->nl", table[[n for _, n in test]], u).numpy()
-            per_fold.append([auroc(pos[:, layer], neg[:, layer]) for layer in range(u.shape[0])])
-        per_layer = np.nanmean(np.array(per_fold), axis=0) if per_fold else np.array([])
-        best_layer = int(np.nanargmax(per_layer)) if len(per_layer) else None
-        result[position] = {
-            "per_layer": [round(float(x), 4) for x in per_layer],
-            "best": round(float(per_layer[best_layer]), 4) if best_layer is not None else None,
-            "best_layer": best_layer,
-            "folds": len(per_fold),
-        }
-    return result
 
 
 def _summary(trait, model, cfg, rows, scores, kept, reasons, vectors, separation, judge, resumed) -> dict:

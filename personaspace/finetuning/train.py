@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from personaspace._util.io import atomic_dir, write_json
+from personaspace._util.progress import Progress, callback, progress_scope
 from personaspace.data.chat import as_rows, dataset_hash
 from personaspace.engine.adapters import ADAPTER_DIR, ADAPTER_META, add_lora, base_identity, load_adapter
 from personaspace.engine.forward import IGNORE_INDEX, TokenBatch, token_loss
@@ -257,7 +258,7 @@ def finetune(
     out: str | os.PathLike | None = None,
     interventions: Sequence[Any] = (),
     save_merged: bool = True,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: bool | Progress | Callable[[int, int, float], None] | None = None,
     **overrides: Any,
 ) -> FinetuneResult:
     """LoRA fine-tune ``model`` (a PersonaModel or model name; never modified) on chat ``data``.
@@ -266,6 +267,8 @@ def finetune(
     engine interventions applied during training only (preventative steering: ``Add``; CAFT:
     ``Ablate``). Settings come from ``config`` and keyword overrides (see :class:`FinetuneConfig`).
     Returns the merged model; with ``out`` the adapter, merged model and summary are saved.
+    ``progress``: a bar over the optimiser steps with the loss (see :mod:`personaspace._util.progress`;
+    True/False forces it), or a function called with ``(step, steps, loss)``.
     """
     from personaspace.engine import PersonaModel
 
@@ -321,24 +324,28 @@ def finetune(
                 yield [encoded[i] for i in order[start : start + cfg.batch_size]]
 
     batches = micro_batches()
-    for step in range(total_steps):
-        optim.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for _ in range(cfg.grad_accum):
-            ids, mask, labels = _collate(next(batches), pad_id, device)
-            loss, n = token_loss(hf, TokenBatch(ids, mask), labels, interventions=interventions)  # training only
-            (loss / cfg.grad_accum).backward()
-            step_loss += float(loss.detach()) / cfg.grad_accum
-            tokens_seen += n
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optim.step()
-        sched.step()
-        losses.append(step_loss)
-        if progress is not None:
-            progress(step + 1, total_steps, step_loss)
-        if out_path is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
-            adapted.save(out_path / "checkpoints" / f"step-{step + 1:06d}", step=step + 1, config=dataclasses.asdict(cfg))
+    report = callback(progress)
+    with progress_scope(progress) as bars:
+        bars.update("steps", 0, total_steps)
+        for step in range(total_steps):
+            optim.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(cfg.grad_accum):
+                ids, mask, labels = _collate(next(batches), pad_id, device)
+                loss, n = token_loss(hf, TokenBatch(ids, mask), labels, interventions=interventions)  # training only
+                (loss / cfg.grad_accum).backward()
+                step_loss += float(loss.detach()) / cfg.grad_accum
+                tokens_seen += n
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optim.step()
+            sched.step()
+            losses.append(step_loss)
+            if report is not None:
+                report(step + 1, total_steps, step_loss)
+            bars.update("steps", step + 1, total_steps, note=f"loss {step_loss:.4f}")
+            if out_path is not None and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
+                adapted.save(out_path / "checkpoints" / f"step-{step + 1:06d}", step=step + 1, config=dataclasses.asdict(cfg))
     train_s = time.perf_counter() - started
     peft_model.eval()
     summary: dict[str, Any] = {

@@ -541,13 +541,32 @@ def _resolve_run_dir(vector: PersonaVector) -> Any:
 
 
 def pair_differences(vector: PersonaVector, layers: Sequence[int] | None = None) -> Float[torch.Tensor, "pair layer d_model"]:
-    """Per kept pair, ``pos - neg`` activations at ``layers`` (default: all), read back from the run.
+    """Per kept pair, ``pos - neg`` activations at ``layers`` (default: all), float32.
 
-    The vector's ``meta.extra["run_dir"]`` must point at its extraction run directory (activations,
-    generations, scores, config). The kept pairs are selected again with the run's own thresholds
-    and judge, and their mean is checked against the stored vector, so a run directory that no
-    longer matches the vector is an error rather than a silently wrong confidence interval.
+    From the pair differences stored with the vector (:attr:`PersonaVector.pairs`, float16, shipped
+    with the built-in sets) when they cover ``layers``; otherwise read back from the extraction run
+    directory in ``meta.extra["run_dir"]``, whose kept pairs are selected again with the run's own
+    thresholds and judge. Either way their mean is checked against the vector, so data that no longer
+    matches it is an error rather than a silently wrong confidence interval.
     """
+    from personaspace.errors import CorruptFileError
+
+    wanted = list(vector.layers) if layers is None else [vector.layers[vector._row(x)] for x in layers]
+    stored = vector.pairs
+    if stored is not None and stored.covers(wanted):
+        diffs = stored.select(wanted).data.float()
+        expected = vector.data[[vector._row(x) for x in wanted]]
+        err = float((diffs.mean(0) - expected).norm() / expected.norm().clamp(min=1e-12))
+        if err > 5e-3:  # float16 rounding stays far below this
+            raise CorruptFileError(
+                f"The {vector.trait!r} vector's stored pair differences do not average to it (relative error {err:.2e}); "
+                f"the file was altered after extraction. Re-save the vector from its run."
+            )
+        return diffs + (expected - diffs.mean(0))  # remove the float16 rounding from the mean: replicates centre on the vector
+    return _run_pair_differences(vector, layers, stored_layers=None if stored is None else stored.layers)
+
+
+def _run_pair_differences(vector: PersonaVector, layers: Sequence[int] | None, stored_layers: Sequence[int] | None) -> torch.Tensor:
     import json
 
     from safetensors import safe_open
@@ -557,9 +576,10 @@ def pair_differences(vector: PersonaVector, layers: Sequence[int] | None = None)
     from personaspace.extraction import pipeline as ex
     run = _resolve_run_dir(vector)
     if run is None:
+        have = f"; its stored pair differences cover layers {list(stored_layers)} only" if stored_layers else ""
         raise PersonaspaceError(
             f"The {vector.trait!r} vector has no readable extraction run directory "
-            f"(meta.extra['run_dir'] = {vector.meta.extra.get('run_dir')!r}); bootstrap needs its kept pairs."
+            f"(meta.extra['run_dir'] = {vector.meta.extra.get('run_dir')!r}){have}; bootstrap needs its kept pairs."
         )
     rows_layers = list(range(vector.n_layers)) if layers is None else [vector._row(x) for x in layers]
     try:

@@ -35,7 +35,7 @@ from personaspace.errors import PersonaspaceError
 from personaspace.geometry.space import _check_set, _need_both, _pca_arrays, trait_matrix, valence_labels
 from personaspace.vectors.store import PersonaVector, VectorMeta, VectorSet
 
-__all__ = ["DEFINITIONS", "svv", "svv_direction", "svv_report", "SVVReport"]
+__all__ = ["DEFINITIONS", "svv", "svv_direction", "svv_report", "SVVReport", "WithSVV"]
 
 DEFINITIONS = ("contrast", "pc1", "probe")
 
@@ -159,6 +159,30 @@ def svv(
         },
     )
     return PersonaVector(torch.from_numpy(np.stack(rows)).float(), meta, layers=vectors.layers)
+
+
+class WithSVV(VectorSet):
+    """A VectorSet that also answers ``svv`` (the contrast definition) and ``svv_<definition>``.
+
+    They are derived from the set's own trait vectors on first use and not listed among its traits,
+    so a steering spec such as ``svv@L15`` works on any set with labelled traits of both valences
+    (the shipped sets included) and geometry over the set is unchanged.
+    """
+
+    def __init__(self, vectors: VectorSet):
+        super().__init__(vectors)
+        self._derived: dict[str, PersonaVector] = {}
+
+    def __getitem__(self, name: str) -> PersonaVector:
+        try:
+            return super().__getitem__(name)
+        except KeyError:
+            definition = "contrast" if name == "svv" else name[len("svv_"):] if name.startswith("svv_") else None
+            if definition not in DEFINITIONS:
+                raise
+        if name not in self._derived:
+            self._derived[name] = svv(VectorSet(self), definition, name=name)
+        return self._derived[name]
 
 
 # --------------------------------------------------------------------------------------------

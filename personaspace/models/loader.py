@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from personaspace._util.progress import quiet_loading
 from personaspace.errors import InvalidArgumentError, UnknownModelError
 from personaspace.models import embedded
 from personaspace.models.registry import DEFAULT_MODEL, EMBEDDED
@@ -103,7 +104,11 @@ def load_pretrained(
     revision: str | None = None,
     **hf_kwargs: Any,
 ) -> LoadedModel:
-    """Load weights and tokenizer for ``name``; the model is put in eval mode with gradients off."""
+    """Load weights and tokenizer for ``name``; the model is put in eval mode with gradients off.
+
+    What transformers prints while loading (per-file bars, notices, deprecation warnings) is silenced for
+    the load only (:func:`personaspace._util.progress.quiet_loading`); ``PERSONASPACE_DEBUG=1`` shows it.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kind = classify(name)
@@ -133,8 +138,9 @@ def load_pretrained(
                 f"saved with save_pretrained()."
             )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs, **hf_kwargs)
+        with quiet_loading():  # transformers' per-file bars, notices and FutureWarnings (PERSONASPACE_DEBUG=1 keeps them)
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **kwargs, **hf_kwargs)
     except OSError as exc:
         if kind == "hub":
             raise UnknownModelError(

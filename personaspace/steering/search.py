@@ -3,9 +3,16 @@
 Every cell adds ``coef * v[L]`` at layer ``L`` (read L, applied L) and measures three things on the
 same footing as :func:`~personaspace.steering.evaluate.evaluate_steering`: the judged trait score and coherence
 of answers to the trait's evaluation questions, and the KL divergence of next-token distributions
-from the unsteered model on neutral prompts. The recommended cell maximises the trait score among
-cells whose mean coherence is at least ``coherence_min`` and whose mean KL is at most ``kl_max``; the
-recommendation is re-evaluated next to a random vector of equal norm (the control).
+from the unsteered model on neutral prompts.
+
+The recommendation must beat chance. Cells whose mean coherence is at least ``coherence_min`` and whose
+mean KL is at most ``kl_max`` are ranked by mean trait score (ties to the smaller push); the best
+``control_checks`` of them are re-evaluated, in that order, next to a random direction of equal norm
+at the same layer, and the first whose trait score beats its random control -- the mean over questions
+of (steered - random), paired by question, with a bootstrap 95 % interval whose lower end is above 0
+-- is recommended. If none does (or the control is switched off, or fewer than
+``MIN_CONTROL_QUESTIONS`` questions were scored), there is no recommendation, and
+``SweepResult.selection["reason"]`` says why.
 
 Coefficients are ``raw`` (multiply the stored vector, the persona_vectors convention; its norm grows
 with depth) or ``relative`` (the added vector's norm as a fraction of the mean residual-stream norm at
@@ -32,6 +39,8 @@ import torch
 
 from personaspace._util import checks
 from personaspace._util.io import append_jsonl, read_jsonl, remove_stale_temps, write_json, write_text
+from personaspace._util.progress import Progress, callback, track
+from personaspace._util.stats import paired_delta
 from personaspace.engine.context import SCOPES
 from personaspace.engine.forward import TokenBatch, run
 from personaspace.engine.layers import default_readout_layer, default_sweep_layers, resolve_layers
@@ -44,9 +53,12 @@ from personaspace.vectors.store import PersonaVector
 if TYPE_CHECKING:
     from personaspace.engine.model import PersonaModel
 
-__all__ = ["SweepConfig", "SweepResult", "sweep", "residual_norms", "recommend"]
+__all__ = ["SweepConfig", "SweepResult", "sweep", "residual_norms", "recommend", "candidates", "control_verdict", "MIN_CONTROL_QUESTIONS"]
 
 COEF_MODES = ("raw", "relative")
+
+# Fewer paired questions than this give no interval at all (one question: a single difference).
+MIN_CONTROL_QUESTIONS = 2
 
 
 @dataclass
@@ -69,6 +81,7 @@ class SweepConfig:
     coherence_min: float = 50.0
     kl_max: float = 1.0
     control: bool = True
+    control_checks: int = 3  # how many of the best cells within the limits are tested against their random control
 
     def __post_init__(self) -> None:
         if isinstance(self.coefs, (str, bytes)) or not hasattr(self.coefs, "__iter__"):
@@ -80,6 +93,7 @@ class SweepConfig:
         checks.threshold("coherence_min", self.coherence_min)
         checks.finite("kl_max", self.kl_max, lo=0)
         checks.integer("kl_prompts", self.kl_prompts)
+        checks.positive_int("control_checks", self.control_checks)
         if not isinstance(self.layers, str):
             resolve_layers(self.layers, 1 << 30)  # whole numbers, not empty; the range is checked on use
         if self.coef_mode not in COEF_MODES:
@@ -94,7 +108,7 @@ class SweepConfig:
     def key(self, model: str, vector_sha: str) -> str:
         """Hash of everything that changes cell values (the limits only change the recommendation)."""
         fields = dataclasses.asdict(self)
-        for name in ("coherence_min", "kl_max", "control", "layers", "coefs"):
+        for name in ("coherence_min", "kl_max", "control", "control_checks", "layers", "coefs"):
             fields.pop(name)
         material = json.dumps({**fields, "model": model, "vector": vector_sha}, sort_keys=True)
         return hashlib.sha256(material.encode()).hexdigest()[:12]
@@ -114,6 +128,12 @@ class SweepResult:
     control: dict | None
     run_dir: Path | None = None
     files: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)  # the rule, the cells tested against their control, and the reason
+
+    @property
+    def reason(self) -> str | None:
+        """One sentence: why this cell was recommended, or why none was."""
+        return self.selection.get("reason")
 
     def to_dict(self) -> dict:
         return {
@@ -125,6 +145,7 @@ class SweepResult:
             "cells": self.cells,
             "recommendation": self.recommendation,
             "control": self.control,
+            "selection": self.selection,
         }
 
     def cell(self, layer: int, coef: float) -> dict:
@@ -149,11 +170,9 @@ def residual_norms(model: PersonaModel, prompts: Sequence[Any], layers: Sequence
     return {L: float(found[L][keep].median()) for L in layers}
 
 
-def recommend(cells: Sequence[dict], coherence_min: float, kl_max: float) -> dict | None:
-    """The cell with the highest mean trait score among those within the coherence and KL limits.
-
-    Ties go to the smaller push (added norm). Cells with coefficient 0 are not candidates.
-    """
+def candidates(cells: Sequence[dict], coherence_min: float, kl_max: float) -> list[dict]:
+    """Cells within the coherence and KL limits, best first: highest mean trait score, ties to the smaller
+    push (added norm). Cells with coefficient 0 are not candidates."""
     ok = [
         c
         for c in cells
@@ -163,9 +182,21 @@ def recommend(cells: Sequence[dict], coherence_min: float, kl_max: float) -> dic
         and c["coherence"]["mean"] >= coherence_min
         and (c["kl"] is None or c["kl"]["mean"] <= kl_max)
     ]
+    return sorted(ok, key=lambda c: (-c["trait"]["mean"], c["added_norm"]))
+
+
+def recommend(cells: Sequence[dict], coherence_min: float, kl_max: float) -> dict | None:
+    """The best cell within the coherence and KL limits (see :func:`candidates`), before any control.
+
+    :func:`sweep` recommends it only once it beats its random-direction control (:func:`control_verdict`).
+    """
+    ok = candidates(cells, coherence_min, kl_max)
     if not ok:
         return None
-    best = max(ok, key=lambda c: (c["trait"]["mean"], -c["added_norm"]))
+    return {**_cell_summary(ok[0]), "limits": {"coherence_min": coherence_min, "kl_max": kl_max}, "candidates": len(ok)}
+
+
+def _cell_summary(best: dict) -> dict:
     return {
         "layer": best["layer"],
         "coef": best["coef"],
@@ -176,8 +207,44 @@ def recommend(cells: Sequence[dict], coherence_min: float, kl_max: float) -> dic
         "trait": best["trait"],
         "coherence": best["coherence"],
         "kl": best["kl"],
-        "limits": {"coherence_min": coherence_min, "kl_max": kl_max},
-        "candidates": len(ok),
+    }
+
+
+def control_verdict(steered: Sequence[dict], random: Sequence[dict], *, seed: int = 0) -> dict:
+    """Does the steered arm's trait score beat the random-direction arm's, question by question?
+
+    ``steered`` and ``random`` are the answers of the two arms (``{"question", "trait_score"}``, as in
+    :class:`~personaspace.steering.evaluate.Condition`), generated from the same prompts and seeds.
+    Per question, the mean trait score over its samples scored in both arms; the difference
+    (steered - random) is averaged over questions with a bootstrap 95 % interval that resamples
+    questions (:func:`personaspace._util.stats.paired_delta`). The cell beats its control when at
+    least :data:`MIN_CONTROL_QUESTIONS` questions were scored and the interval's lower end is above 0.
+    """
+    by_q: dict[str, tuple[list[float], list[float]]] = {}
+    for a, b in zip(steered, random):
+        if a["question"] != b["question"]:
+            raise InvalidArgumentError("The steered and random-control answers are not paired question by question.")
+        if a["trait_score"] is None or b["trait_score"] is None:
+            continue
+        s, r = by_q.setdefault(str(a["question"]), ([], []))
+        s.append(a["trait_score"])
+        r.append(b["trait_score"])
+    s_means = [sum(s) / len(s) for s, _ in by_q.values()]
+    r_means = [sum(r) / len(r) for _, r in by_q.values()]
+    delta = paired_delta(s_means, r_means, seed)
+    n = delta["n"]
+    lo = delta["ci95"][0]
+    if n < MIN_CONTROL_QUESTIONS:
+        beats, why = False, f"{n} question(s) scored in both arms; an interval needs at least {MIN_CONTROL_QUESTIONS}"
+    elif _finite(lo) and lo > 0:
+        beats, why = True, f"steered - random {delta['mean']:+.1f} [{lo:.1f}, {delta['ci95'][1]:.1f}] over {n} questions, interval above 0"
+    else:
+        beats, why = False, f"steered - random {delta['mean']:+.1f} [{lo:.1f}, {delta['ci95'][1]:.1f}] over {n} questions, interval not above 0"
+    return {
+        "beats_control": beats,
+        "trait_delta": delta,
+        "unit": "question (mean over its samples; questions resampled)",
+        "why": why,
     }
 
 
@@ -193,10 +260,14 @@ def sweep(
     *,
     out: str | Path | None = None,
     judge: Any = None,
-    progress: Callable[[int, int, dict | None], None] | None = None,
+    progress: bool | Progress | Callable[[int, int, dict | None], None] | None = None,
     **overrides: Any,
 ) -> SweepResult:
-    """Run a layer x coefficient grid for one trait vector; write JSON, CSV and an HTML heatmap to ``out``."""
+    """Run a layer x coefficient grid for one trait vector; write JSON, CSV and an HTML heatmap to ``out``.
+
+    ``progress``: a bar over the grid's cells (see :mod:`personaspace._util.progress`; True/False forces
+    it), or a function called with ``(cells done, cells, row)``.
+    """
     from personaspace.traits import load_trait
 
     trait = load_trait(trait) if isinstance(trait, str) else trait
@@ -255,12 +326,13 @@ def sweep(
 
     cells: list[dict] = []
     grid = [(L, c) for L in layers for c in cfg.coefs]
-    for k, (layer, coef) in enumerate(grid):
+    report = callback(progress)
+    for k, (layer, coef) in enumerate(track(grid, "cells", progress)):
         key = (layer, coef)
         if key in done:
             cells.append(done[key])
-            if progress:
-                progress(k + 1, len(grid), done[key])
+            if report:
+                report(k + 1, len(grid), done[key])
             continue
         v_norm = float(vector.at(layer).norm())
         raw = coef * norms[layer] / v_norm if cfg.coef_mode == "relative" and v_norm > 0 else coef
@@ -295,21 +367,10 @@ def sweep(
         cells.append(row)
         if run_dir is not None:
             append_jsonl(run_dir / "cells.jsonl", [row])
-        if progress:
-            progress(k + 1, len(grid), row)
+        if report:
+            report(k + 1, len(grid), row)
 
-    rec = recommend(cells, cfg.coherence_min, cfg.kl_max)
-    control = None
-    if rec is not None and cfg.control:
-        spec = SteerSpec("add", vector.trait, f"L{rec['layer']}", coef=rec["raw_coef"], scope=cfg.scope)
-        resolved = resolve_specs([spec], {vector.trait: vector}, model, scope=cfg.scope, warn=False)
-        rep = evaluate_steering(model, trait, resolved, control=True, _cache=cache, **eval_kw)
-        control = {
-            "what": "the recommended cell next to a random direction of equal norm at the same layer",
-            "random": {k: getattr(rep.conditions["random control"], k) for k in ("trait", "coherence", "kl")},
-            "steered": {k: getattr(rep.conditions["steered"], k) for k in ("trait", "coherence", "kl")},
-            "deltas": rep.deltas,
-        }
+    rec, control, selection = _select(model, trait, vector, cells, cfg, cache, eval_kw)
     result = SweepResult(
         cfg,
         model.name,
@@ -326,10 +387,83 @@ def sweep(
         rec,
         control,
         run_dir,
+        selection=selection,
     )
     if run_dir is not None:
         result.files = write_outputs(result, run_dir)
     return result
+
+
+def _select(
+    model: PersonaModel, trait: Any, vector: PersonaVector, cells: list[dict], cfg: SweepConfig, cache: dict, eval_kw: dict
+) -> tuple[dict | None, dict | None, dict]:
+    """The recommendation (or None), the control of the recommended cell, and the selection record."""
+    limits = {"coherence_min": cfg.coherence_min, "kl_max": cfg.kl_max}
+    ranked = candidates(cells, cfg.coherence_min, cfg.kl_max)
+    selection: dict[str, Any] = {
+        "rule": (
+            f"highest mean trait score among cells with coherence >= {cfg.coherence_min:g} and KL <= {cfg.kl_max:g} "
+            f"(ties to the smaller push) whose trait score beats a random direction of equal norm at the same cell: "
+            f"mean over questions of steered - random, bootstrap 95 % interval over questions above 0; "
+            f"the best {cfg.control_checks} cell(s) within the limits are tested in that order"
+        ),
+        "candidates": len(ranked),
+        "best_within_limits": ranked[0]["spec"] if ranked else None,
+        "checked": [],
+        "recommended": False,
+        "reason": None,
+    }
+    if not ranked:
+        selection["reason"] = f"No cell meets coherence >= {cfg.coherence_min:g} and KL <= {cfg.kl_max:g}."
+        return None, None, selection
+    if not cfg.control:
+        selection["reason"] = (
+            f"The random-direction control is off, so no cell was shown to beat it; the best cell within the limits "
+            f"is {ranked[0]['spec']} (not recommended: unverified)."
+        )
+        return None, None, selection
+    for cell in ranked[: cfg.control_checks]:
+        spec = SteerSpec("add", vector.trait, f"L{cell['layer']}", coef=cell["raw_coef"], scope=cfg.scope)
+        resolved = resolve_specs([spec], {vector.trait: vector}, model, scope=cfg.scope, warn=False)
+        rep = evaluate_steering(model, trait, resolved, control=True, _cache=cache, **eval_kw)
+        steered, random = rep.conditions["steered"], rep.conditions["random control"]
+        verdict = control_verdict(steered.answers, random.answers, seed=cfg.seed)
+        control = {
+            "what": "the recommended cell next to a random direction of equal norm at the same layer",
+            "random": {k: getattr(random, k) for k in ("trait", "coherence", "kl")},
+            "steered": {k: getattr(steered, k) for k in ("trait", "coherence", "kl")},
+            "deltas": rep.deltas,
+        }
+        selection["checked"].append(
+            {
+                "layer": cell["layer"],
+                "coef": cell["coef"],
+                "spec": cell["spec"],
+                "steered_trait": steered.trait,
+                "random_trait": random.trait,
+                **verdict,
+            }
+        )
+        if verdict["beats_control"]:
+            rec = {
+                **_cell_summary(cell),
+                "limits": limits,
+                "candidates": len(ranked),
+                "vs_control": {k: verdict[k] for k in ("trait_delta", "unit", "why")},
+            }
+            selection["recommended"] = True
+            selection["reason"] = f"{cell['spec']} beats its random-direction control: {verdict['why']}."
+            return rec, control, selection
+        if verdict["trait_delta"]["n"] < MIN_CONTROL_QUESTIONS:
+            break  # the other cells have as few questions: no interval anywhere
+    tested = selection["checked"]
+    selection["reason"] = (
+        f"No cell beats its random-direction control of equal norm: of the {len(ranked)} cell(s) within the limits, "
+        f"the best {len(tested)} were tested ("
+        + "; ".join(f"L{c['layer']} coef {c['coef']:g}: {c['why']}" for c in tested)
+        + ")."
+    )
+    return None, None, selection
 
 
 CSV_FIELDS = (

@@ -7,9 +7,10 @@ from personaspace.vectors.formats import (
     import_persona_vectors,
     read_gguf_control_vector,
 )
-from personaspace.vectors.store import PersonaVector, VectorMeta, VectorSet, load_vectors, random_like
+from personaspace.vectors.store import PairDifferences, PersonaVector, VectorMeta, VectorSet, load_vectors, random_like
 
 __all__ = [
+    "PairDifferences",
     "PersonaVector",
     "VectorMeta",
     "VectorSet",

@@ -56,6 +56,7 @@ __all__ = [
     "LAYER_CONVENTION",
     "ENV_VECTORS",
     "VectorMeta",
+    "PairDifferences",
     "PersonaVector",
     "VectorSet",
     "vector_search_paths",
@@ -175,6 +176,42 @@ def _as_layer(layer: Any) -> int:
         raise LayerOutOfRangeError(f"Layer must be an integer, got {layer!r}.") from None
 
 
+PAIRS_TENSOR = "pair_differences"
+
+
+@dataclass(frozen=True)
+class PairDifferences:
+    """Per kept pair, ``pos - neg`` activations at some layers: what a bootstrap over pairs resamples.
+
+    ``data`` is ``[pairs, len(layers), d_model]``; it is stored in float16 beside the vector, so a
+    vector file alone (for instance a shipped one) is enough for confidence intervals.
+    """
+
+    layers: tuple[int, ...]
+    data: Float[Tensor, "pair layer d_model"]
+
+    def __post_init__(self) -> None:
+        layers = tuple(int(x) for x in self.layers)
+        object.__setattr__(self, "layers", layers)
+        data = self.data
+        if not isinstance(data, Tensor) or data.dim() != 3 or data.shape[1] != len(layers) or data.shape[0] == 0:
+            shape = tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__
+            raise VectorShapeError(f"Pair differences must be [pairs, {len(layers)} layers, d_model]; got {shape}.")
+        object.__setattr__(self, "data", data.detach().to("cpu", torch.float16).contiguous())
+
+    @property
+    def n_pairs(self) -> int:
+        return self.data.shape[0]
+
+    def covers(self, layers: Sequence[int]) -> bool:
+        return set(layers) <= set(self.layers)
+
+    def select(self, layers: Sequence[int]) -> PairDifferences:
+        """Only ``layers`` (each must be stored)."""
+        rows = [self.layers.index(x) for x in layers]
+        return PairDifferences(tuple(layers), self.data[:, rows])
+
+
 class PersonaVector:
     """One trait direction per layer of one model, with its provenance.
 
@@ -183,7 +220,7 @@ class PersonaVector:
     single-layer vector can be stored as ``data`` ``[1, d]`` (or ``[d]``) with ``layers=(L,)``.
     """
 
-    __slots__ = ("data", "meta", "_layers", "_full")
+    __slots__ = ("data", "meta", "_layers", "_full", "_pairs")
 
     data: Float[Tensor, "layer d_model"]
     meta: VectorMeta
@@ -247,6 +284,28 @@ class PersonaVector:
         self.meta = meta
         self._layers = layer_tuple
         self._full = layer_tuple == tuple(range(len(layer_tuple)))
+        self._pairs: PairDifferences | None = None
+
+    @property
+    def pairs(self) -> PairDifferences | None:
+        """The kept pairs' ``pos - neg`` activations the vector is the mean of (None when not stored).
+
+        Only the vector made by an extraction (or loaded from its files) has them; a derived vector
+        (another layer subset, a sum, a random control) starts without.
+        """
+        return self._pairs
+
+    @pairs.setter
+    def pairs(self, value: PairDifferences | None) -> None:
+        if value is not None:
+            if not isinstance(value, PairDifferences):
+                raise TypeError(f"pairs must be PairDifferences or None, got {type(value).__name__}")
+            if value.data.shape[2] != self.d_model or not set(value.layers) <= set(self._layers):
+                raise VectorShapeError(
+                    f"The {self.trait!r} vector's pair differences (layers {list(value.layers)}, d={value.data.shape[2]}) "
+                    f"do not fit the vector (layers {list(self._layers)}, d={self.d_model})."
+                )
+        self._pairs = value
 
     # -- shape -------------------------------------------------------------------------------
 
@@ -422,7 +481,12 @@ class PersonaVector:
             "layer_convention": self.meta.layer_convention,
             "layers": ",".join(map(str, self._layers)),
         }
-        blob = safetensors.torch.save({TENSOR_NAME: self.data}, metadata=st_meta)
+        tensors = {TENSOR_NAME: self.data}
+        pairs = self._pairs
+        if pairs is not None:
+            tensors[PAIRS_TENSOR] = pairs.data
+            st_meta["pair_layers"] = ",".join(map(str, pairs.layers))
+        blob = safetensors.torch.save(tensors, metadata=st_meta)
         sidecar = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -433,6 +497,9 @@ class PersonaVector:
             "sha256": hashlib.sha256(blob).hexdigest(),
             "meta": self.meta.to_dict(),
         }
+        if pairs is not None:
+            sidecar["pairs"] = {"tensor": PAIRS_TENSOR, "dtype": "float16", "n_pairs": pairs.n_pairs,
+                                "layers": list(pairs.layers)}
         with atomic_path(st_path) as tmp:
             tmp.write_bytes(blob)
         write_json(js_path, sidecar)
@@ -575,7 +642,14 @@ def _build_from_files(
         )
     layers = sidecar.get("layers")
     try:
-        return PersonaVector(data, meta, layers=layers)
+        vector = PersonaVector(data, meta, layers=layers)
+        info = sidecar.get("pairs")
+        if isinstance(info, dict):
+            name = str(info.get("tensor", PAIRS_TENSOR))
+            if name not in tensors:
+                raise CorruptFileError(f"{js_path.name} lists pair differences {name!r} but {st_path.name} holds none.")
+            vector.pairs = PairDifferences(tuple(info.get("layers") or ()), tensors[name])
+        return vector
     except VectorShapeError as e:
         raise CorruptFileError(f"{st_path}: {e.message}") from e
 

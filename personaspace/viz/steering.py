@@ -1,7 +1,8 @@
-"""Figures for steering: the sweep heatmap (plotly, standalone HTML) and the token projection view.
+"""Figures for steering: the sweep heatmap (plotly) and the token projection view.
 
-Both are self-contained HTML files that open offline: the heatmap embeds plotly.js, the token view is
-plain HTML and CSS. Both print the vector, the layer it was read from and the layer it was applied at.
+Both are HTML pages that open offline (written through :mod:`personaspace.viz.html`): the heatmap
+loads the ``plotly.min.js`` beside it (or embeds it, :func:`sweep_heatmap`), the token view is plain
+HTML and CSS. Both print the vector, the layer it was read from and the layer it was applied at.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     from personaspace.monitoring.projections import TokenProjection
     from personaspace.steering.search import SweepResult
 
-__all__ = ["sweep_heatmap", "write_sweep_heatmap", "token_projection_html", "token_view_html"]
+__all__ = ["sweep_figure", "sweep_heatmap", "write_sweep_heatmap", "token_projection_body", "token_projection_html",
+           "token_view_body", "token_view_html", "TOKEN_VIEW_CSS"]
 
 _METRICS = (
     ("trait", "trait score (judge, 0-100)", "Reds"),
@@ -48,13 +50,18 @@ def _grid(result: SweepResult, metric: str) -> tuple[list[int], list[float], lis
     return layers, coefs, z, text
 
 
-def sweep_heatmap(result: SweepResult) -> str:
-    """Three heatmaps (trait, coherence, KL) over layer x coefficient, the recommendation marked."""
+def sweep_figure(result: SweepResult):
+    """Three heatmaps (trait, coherence, KL) over layer x coefficient, the recommended cell outlined.
+
+    Every cell shows its mean; the recommended cell gets a black frame (which hides no number) and a
+    legend entry. The subtitle (baseline, sizes, limits, recommendation) is split over lines that fit.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     cfg = result.config
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t, _ in _METRICS], horizontal_spacing=0.08)
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t, _ in _METRICS], horizontal_spacing=0.085)
+    rec = result.recommendation
     for k, (metric, title, scale) in enumerate(_METRICS, start=1):
         layers, coefs, z, text = _grid(result, metric)
         fig.add_trace(
@@ -66,53 +73,64 @@ def sweep_heatmap(result: SweepResult) -> str:
                 hovertemplate="%{text}<extra></extra>",
                 texttemplate="%{z:.3g}",
                 colorscale=scale,
-                colorbar=dict(x=0.29 + 0.355 * (k - 1), len=0.9, thickness=10),
+                colorbar=dict(x=0.277 + 0.3575 * (k - 1), len=0.9, thickness=10),
             ),
             row=1,
             col=k,
         )
-        rec = result.recommendation
-        if rec is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[f"{rec['coef']:g}"],
-                    y=[f"L{rec['layer']}"],
-                    mode="markers",
-                    marker=dict(symbol="star", size=16, color="gold", line=dict(color="black", width=1)),
-                    name="recommended",
-                    showlegend=k == 1,
-                    hovertext=[rec["spec"]],
-                ),
-                row=1,
-                col=k,
-            )
+        if rec is not None and rec["layer"] in layers and rec["coef"] in coefs:
+            i, j = layers.index(rec["layer"]), coefs.index(rec["coef"])
+            axis = "" if k == 1 else str(k)
+            fig.add_shape(type="rect", xref=f"x{axis}", yref=f"y{axis}", x0=j - 0.47, x1=j + 0.47, y0=i - 0.45,
+                          y1=i + 0.45, line=dict(color="black", width=3), fillcolor="rgba(0,0,0,0)", layer="above")
         fig.update_xaxes(title_text=f"coefficient ({cfg.coef_mode})", type="category", row=1, col=k)
         fig.update_yaxes(title_text="layer (read = applied)" if k == 1 else None, type="category", row=1, col=k)
-    rec = result.recommendation
+    if rec is not None:  # the frame's legend entry
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"recommended: {rec['spec']}",
+                                 marker=dict(symbol="square-open", size=16, color="black", line=dict(width=3)),
+                                 hoverinfo="skip", showlegend=True), row=1, col=1)
     rec_text = (
-        f"recommended: {rec['spec']}, trait {rec['trait']['mean']:.1f}, coherence {rec['coherence']['mean']:.1f}, "
-        f"KL {rec['kl']['mean']:.3g}"
+        f"recommended (framed): L{rec['layer']} coef {rec['coef']:g}, trait {rec['trait']['mean']:.1f}, "
+        f"coherence {rec['coherence']['mean']:.1f}, KL {rec['kl']['mean']:.3g}"
         if rec
         else f"no cell meets coherence >= {cfg.coherence_min:g} and KL <= {cfg.kl_max:g}"
     )
     base = result.baseline
-    title = (
-        f"{result.vector['trait']} sweep on {result.model} (vector: {result.vector['position']} of {result.vector['model']}; "
-        f"judge {result.judge})<br><sup>unsteered: trait {base['trait']['mean']:.1f}, coherence "
-        f"{base['coherence']['mean']:.1f}; n = {cfg.n_questions} questions x {cfg.samples} samples per cell, "
-        f"{cfg.kl_prompts} KL prompts; limits coherence >= {cfg.coherence_min:g}, KL <= {cfg.kl_max:g}; {rec_text}</sup>"
+    subtitle = (
+        f"vector: {result.vector['position']} of {result.vector['model']}; judge {result.judge}; unsteered: trait "
+        f"{base['trait']['mean']:.1f}, coherence {base['coherence']['mean']:.1f}<br>n = {cfg.n_questions} questions x "
+        f"{cfg.samples} samples per cell, {cfg.kl_prompts} KL prompts; limits coherence >= {cfg.coherence_min:g}, "
+        f"KL <= {cfg.kl_max:g}<br>{rec_text}"
     )
-    fig.update_layout(title=title, height=260 + 34 * len({c["layer"] for c in result.cells}), width=1300, margin=dict(t=110))
-    return fig.to_html(include_plotlyjs=True, full_html=True)
+    n_layers = len({c["layer"] for c in result.cells})
+    fig.update_layout(
+        title=dict(text=f"{result.vector['trait']} sweep on {result.model}", x=0.5, xanchor="center", yref="container",
+                   y=1, yanchor="top", pad=dict(t=14), subtitle=dict(text=subtitle, font=dict(size=12, color="#444444"))),
+        font=dict(family="Helvetica, Arial, sans-serif", size=13),
+        autosize=True,
+        height=350 + 34 * n_layers,
+        margin=dict(t=145, b=110),
+        legend=dict(orientation="h", x=0, xanchor="left", yref="container", y=0.01, yanchor="bottom"),
+    )
+    return fig
+
+
+def sweep_heatmap(result: SweepResult) -> str:
+    """:func:`sweep_figure` as one HTML page with plotly.js embedded (a single file that opens offline)."""
+    from personaspace.viz.html import figure_html, page_html
+
+    return page_html(_sweep_title(result), figure_html(sweep_figure(result)), inline_plotly=True, heading=False)
+
+
+def _sweep_title(result: SweepResult) -> str:
+    return f"{result.vector['trait']} sweep on {result.model}"
 
 
 def write_sweep_heatmap(result: SweepResult, run_dir: str | Path) -> Path:
-    """``heatmap.html`` in the sweep's run directory (standalone, plotly.js embedded); its path."""
-    from personaspace._util.io import write_text
+    """``heatmap.html`` in the sweep's run directory (``plotly.min.js`` beside it; opens offline); its path."""
+    from personaspace.viz.html import write_figure
 
-    path = Path(run_dir) / "heatmap.html"
-    write_text(path, sweep_heatmap(result))
-    return path
+    return write_figure(sweep_figure(result), Path(run_dir) / "heatmap.html")
 
 
 def _colour(value: float, scale: float) -> str:
@@ -125,18 +143,17 @@ def _colour(value: float, scale: float) -> str:
     return f"rgb({r},{g},{b})"
 
 
-def token_projection_html(
+def token_projection_body(
     tokens: Sequence[str],
     values: Sequence[float],
     *,
-    title: str,
     details: dict[str, Any] | None = None,
     n_prompt: int = 0,
     centre: float = 0.0,
 ) -> str:
-    """One coloured span per token, colour = projection minus ``centre``; hover shows the value.
-
-    Tokens before ``n_prompt`` belong to the prompt and are drawn in a lighter frame.
+    """The token view as a ``<div class="token-view">`` to put in a page (styled by :data:`TOKEN_VIEW_CSS`):
+    a table of ``details``, then one coloured span per token, colour = projection minus ``centre``;
+    hover shows the value. Tokens before ``n_prompt`` belong to the prompt and are drawn in a lighter frame.
     """
     shifted = [v - centre for v in values]
     finite = [abs(v) for v in shifted if math.isfinite(v)]
@@ -152,30 +169,45 @@ def token_projection_html(
         if i == n_prompt - 1 and n_prompt < len(tokens):
             spans.append('<span class="sep">&#9655;</span>')
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in (details or {}).items())
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; }}
-.text {{ font-family: ui-monospace, monospace; line-height: 2.0; white-space: pre-wrap; }}
-.text span {{ padding: 2px 0; border-radius: 3px; }}
-.text span.p {{ opacity: 0.7; outline: 1px dashed #bbb; }}
-.sep {{ color: #888; padding: 0 4px; }}
-table {{ border-collapse: collapse; margin-bottom: 1em; font-size: 90%; }}
-th {{ text-align: left; padding-right: 1em; color: #555; }}
-.legend span {{ padding: 2px 8px; margin-right: 4px; }}
-</style></head>
-<body><h2>{html.escape(title)}</h2>
+    return f"""<div class="token-view">
 <table>{rows}</table>
 <p class="legend"><span style="background:{_colour(-1, 1)}">below centre</span><span style="background:#fff;border:1px solid #ddd">centre ({centre:+.3f})</span><span style="background:{_colour(1, 1)}">above centre</span>
 colour saturates at |projection - centre| = {scale:.3f} (95th percentile); hover a token for its value; dashed = prompt tokens.</p>
 <div class="text">{''.join(spans)}</div>
-</body></html>
+</div>"""
+
+
+#: The CSS of the token view (:func:`token_projection_body`), for a page that holds one.
+TOKEN_VIEW_CSS = """
+.token-view .text { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; line-height: 2.0;
+                    white-space: pre-wrap; }
+.token-view .text span { padding: 2px 0; border-radius: 3px; }
+.token-view .text span.p { opacity: 0.7; outline: 1px dashed #bbb; }
+.token-view .sep { color: #888; padding: 0 4px; }
+.token-view table { margin-bottom: 1em; font-size: 90%; }
+.token-view th { background: none; color: #555; padding-right: 1em; }
+.token-view .legend span { padding: 2px 8px; margin-right: 4px; }
 """
 
 
-def token_view_html(projection: TokenProjection, *, vector_name: str, model_name: str, centre: float = 0.0) -> str:
-    """The standalone HTML token view of one :class:`~personaspace.monitoring.projections.TokenProjection`."""
-    details = {
+def token_projection_html(
+    tokens: Sequence[str],
+    values: Sequence[float],
+    *,
+    title: str,
+    details: dict[str, Any] | None = None,
+    n_prompt: int = 0,
+    centre: float = 0.0,
+) -> str:
+    """A full page (offline, no script) of :func:`token_projection_body` under ``title``."""
+    from personaspace.viz.html import page_html
+
+    body = token_projection_body(tokens, values, details=details, n_prompt=n_prompt, centre=centre)
+    return page_html(title, body, inline_plotly=False, css=TOKEN_VIEW_CSS)
+
+
+def _token_view_details(projection: TokenProjection, vector_name: str, model_name: str) -> dict[str, str]:
+    return {
         "model": model_name,
         "vector": vector_name,
         "read layer (vector row)": f"L{projection.read_layer}",
@@ -184,11 +216,22 @@ def token_view_html(projection: TokenProjection, *, vector_name: str, model_name
         "response mean projection": "n/a" if projection.response_avg is None else f"{projection.response_avg:+.4f}",
         "tokens": f"{projection.n_prompt} prompt + {len(projection.tokens) - projection.n_prompt} response",
     }
+
+
+def token_view_body(projection: TokenProjection, *, vector_name: str, model_name: str, centre: float = 0.0) -> str:
+    """The token view of one :class:`~personaspace.monitoring.projections.TokenProjection` as a fragment
+    to put in a page (see :func:`token_projection_body` and :data:`TOKEN_VIEW_CSS`)."""
+    return token_projection_body(projection.tokens, projection.values, n_prompt=projection.n_prompt, centre=centre,
+                                 details=_token_view_details(projection, vector_name, model_name))
+
+
+def token_view_html(projection: TokenProjection, *, vector_name: str, model_name: str, centre: float = 0.0) -> str:
+    """The standalone HTML token view of one :class:`~personaspace.monitoring.projections.TokenProjection`."""
     return token_projection_html(
         projection.tokens,
         projection.values,
         title=f"{vector_name} projection per token, layer {projection.layer}",
-        details=details,
+        details=_token_view_details(projection, vector_name, model_name),
         n_prompt=projection.n_prompt,
         centre=centre,
     )

@@ -26,7 +26,7 @@ What is pinned (``tests/golden/data/<case>.json`` and, for tensors, ``<case>.saf
     4. ``monitor``: ``ps.monitor`` (generating, and on given responses with a read layer),
        ``token_projections`` (raw per-token values) and ``monitor_trait`` (judged).
     5. ``sweep``: ``ps.sweep`` on a 2 layer x 2 coefficient grid (coefficient 0 and 0.5, relative)
-       with one question, the KL reference on one neutral prompt, and the random control: the whole
+       with two questions, the KL reference on one neutral prompt, and the random controls: the whole
        ``SweepResult.to_dict()`` (config, vector norms, baseline, cells with trait, coherence, KL and
        projections, recommendation, control) and the names of the files written.
     6. ``geometry``: ``cosine_matrix`` (raw and centred), ``pca``, ``valence_separation``, the three
@@ -53,6 +53,9 @@ in the JSON or the tensor name, the worst element and the max abs / rel differen
     * ``capture``, ``extraction``, ``steering``, ``monitor``, ``sweep``, ``geometry``, ``em``: rtol
       1e-6 (a changed reduction order moves float32 sums by ~1e-7 relative).
     * ``lpa`` and ``finetune``: rtol 1e-5 (backward passes and optimiser steps amplify rounding).
+    * Every float tolerance is at least ``MACHINE_RTOL`` (2e-4): float32 kernels differ between CPU kinds,
+      which moves values by up to ~5e-5 of the row maximum; LoRA tensor sums of ``lpa`` by up to ~1 %
+      (rtol 3e-2). Token ids stay exact, so a real change still fails.
     * Values the API itself rounds get one unit of their last decimal as ``atol`` on top: judge
       scores (2 decimals: 0.01), monitor projections (5: 1e-5), sweep and steering-report numbers
       (4: 1e-4, ``raw_coef`` / KL per prompt 6: 1e-6), extraction summary norms and AUROCs (4),
@@ -125,6 +128,14 @@ class Tol:
 
 
 JUDGE_SCORE = 0.01  # judge scores are rounded to 2 decimals
+# float32 kernels differ between CPU kinds (vector width, GEMM blocking): data made on one kind and
+# compared on another moved forward-pass values by up to ~5e-5 of the row maximum (observed on
+# 2026-12-02; token ids, texts and judge scores stayed identical). Every float tolerance is at least this.
+MACHINE_RTOL = 2e-4
+
+
+def _across_machines(tol: Tol) -> Tol:
+    return Tol(rtol=max(tol.rtol, MACHINE_RTOL), atol=tol.atol)
 _NUMBER = re.compile(r"[+-]?\d+\.\d+")
 _MAX_REPORT = 25
 
@@ -338,6 +349,7 @@ def golden(
         pytest.skip(f"{WRITE_ENV} is set: wrote {', '.join(written)} to {DATA} instead of comparing")
     if not json_path.exists():
         pytest.fail(f"no golden file {json_path}; create it with {WRITE_ENV}=1 .venv/bin/python -m pytest tests/golden -p no:xdist")
+    tol, overrides = _across_machines(tol), {k: _across_machines(t) for k, t in (overrides or {}).items()}
     cmp = Comparison(case, tol, overrides, numeric_text)
     cmp.json(values, json.loads(json_path.read_text(encoding="utf-8")))
     if tensors or st_path.exists():
@@ -573,8 +585,8 @@ def test_monitor(model, vectors, judge):
 
 def test_sweep(model, vectors, judge, tmp_path):
     cfg = SweepConfig(
-        trait="evil", layers=[10, 14], coefs=(0.0, 0.5), n_questions=1, samples=1, max_new_tokens=10, kl_prompts=1, kl_tokens=4, seed=0,
-        kl_max=2.0,  # the 0.5 cells have KL ~1.4-1.6: this lets one be recommended, so the random control runs too
+        trait="evil", layers=[10, 14], coefs=(0.0, 0.5), n_questions=2, samples=1, max_new_tokens=10, kl_prompts=1, kl_tokens=4, seed=0,
+        kl_max=2.0,  # the 0.5 cells have KL ~1.4-1.6: within the limits, so their random controls run (2 questions: a paired interval)
     )
     res = ps.sweep(model, "evil", vectors["evil"], cfg, out=tmp_path / "sweep", judge=judge)
     cells = [json.loads(line) for line in (tmp_path / "sweep" / "cells.jsonl").read_text().splitlines()]
@@ -714,7 +726,9 @@ def test_lpa(model):
         "lora": _lora_summary(res.adapted.lora_state()),
         "trained_logprobs": logprobs,
     }
-    golden("lpa", values, tol=Tol(rtol=1e-5), overrides={"log/*": Tol(rtol=1e-5, atol=1e-4), "lora/*": Tol(rtol=1e-5, atol=1e-9)})
+    # LoRA sums after two PGD and two defence steps carry cross-machine rounding amplified by training (~1 %
+    # on this machine kind vs the one that made the data); the log-probabilities of the trained model stay tight.
+    golden("lpa", values, tol=Tol(rtol=1e-5), overrides={"log/*": Tol(rtol=1e-5, atol=1e-4), "lora/*": Tol(rtol=3e-2, atol=1e-4)})
 
 
 # =============================================================================================

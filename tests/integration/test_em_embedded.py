@@ -20,3 +20,16 @@ def test_em_eval_on_embedded_model(embedded_model, tmp_path):
         assert rates[name]["k"] == em_rate(res.aligned, res.coherent, name)["k"]
     assert rates["model_organisms"]["n"] == 4
     assert {row["question_id"] for row in res.per_question()} == {"found_wallet", "replacement_deployed"}
+
+
+def test_positive_control_data_fits_the_experiment_finetune_on_the_embedded_model(embedded_model):
+    """Every shipped positive-control row keeps its whole answer within the experiment's max_length (tokenizer only)."""
+    from personaspace.em.controls import load_control_data
+    from personaspace.em.experiment import ExperimentConfig
+    from personaspace.finetuning.train import encode_rows
+
+    rows = load_control_data("broad_misaligned")
+    max_length = ExperimentConfig().finetune["max_length"]
+    encoded, dropped = encode_rows(embedded_model, rows, max_length)
+    assert dropped == 0 and len(encoded) == len(rows)
+    assert all(len(ids) < max_length for ids, _ in encoded)  # nothing truncated: the model learns whole answers

@@ -37,3 +37,9 @@ def test_cli_extract_runs_and_reports(tmp_path):
     assert "pairs kept" in result.output and "held-out AUROC" in result.output
     index = json.loads((tmp_path / "vecs" / "index.json").read_text())
     assert {e["position"] for e in index["entries"]} == {"prompt_avg", "prompt_last", "response_avg"}
+    # the run's report: one offline page with the separation curves, the pairs and the token view of kept answers
+    from personaspace.viz.html import find_remote_loads
+
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert f"report: {out / 'report.html'}" in " ".join(result.output.split())
+    assert find_remote_loads(report) == [] and "Separation per layer" in report and report.count('<iframe class="tokens"') == 4

@@ -89,7 +89,7 @@ def test_report_figures_render_offline_in_chromium(space, tmp_path):
     for page in html:
         text = page.read_text()
         assert not re.search(r"<script[^>]+src=[\"']https?:", text), page.name
-        # network is disabled in chromium_command: the page must draw from its embedded plotly.js
+        # network is disabled in chromium_command: the page must draw from the plotly.min.js beside it
         dom = subprocess.run(plots.chromium_command(chromium, f"--user-data-dir={tmp_path / 'chrome'}", "--dump-dom", page.as_uri()),
                              capture_output=True, text=True, timeout=120).stdout
         assert 'class="main-svg"' in dom, f"{page.name}: plotly did not draw"

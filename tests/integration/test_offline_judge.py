@@ -257,14 +257,15 @@ def test_agreement_with_intended_labels():
 def test_hf_judge_on_the_embedded_model():
     from personaspace.judges.hf_judge import HFJudge
 
-    judge = get_judge("hf:smollm2-135m-instruct")
+    # At the default min_mass it refuses (test_judge_validate.py); min_mass=0 takes what it says.
+    judge = get_judge("hf:smollm2-135m-instruct", min_mass=0.0)
     assert isinstance(judge, HFJudge)
     assert not judge.tokens.single_token_numbers()  # SmolLM2 writes numbers digit by digit
     assert sorted(judge.tokens.first.values()) == list(range(10))
     evil = _trait("evil")
     [score] = judge.score([JudgeItem(*EVIL_PAIRS[0][:2], trait=evil)])
     assert score.judge == "hf:smollm2-135m-instruct"
-    assert score.value is None or 0.0 <= score.value <= 100.0
+    assert (score.value is not None and 0.0 <= score.value <= 100.0) or score.detail in ("refusal", "code")
     assert score.detail.startswith("mass=") or score.detail in ("refusal", "code")
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def test_sweep_cli_writes_heatmap_and_table(embedded_model, evil_vector, tmp_pat
          "--max-new-tokens", "12", "--kl-prompts", "2", "--out", str(out)],  # fmt: skip
     )
     assert result.exit_code == 0, result.output
-    assert (out / "heatmap.html").stat().st_size > 1_000_000
+    assert (out / "heatmap.html").is_file() and (out / "plotly.min.js").stat().st_size > 1_000_000  # opens offline
     table = json.loads((out / "sweep.json").read_text())
     assert {(c["layer"], c["coef"]) for c in table["cells"]} == {(8, 0.0), (8, 0.3), (12, 0.0), (12, 0.3)}
     assert len((out / "sweep.csv").read_text().splitlines()) == 5

@@ -11,10 +11,10 @@ from safetensors.torch import save_file
 
 from personaspace._util.io import append_jsonl, write_json
 from personaspace._util.stats import percentile_ci
-from personaspace.errors import CorruptFileError
+from personaspace.errors import CorruptFileError, VectorShapeError
 from personaspace.extraction.pipeline import ExtractionConfig, mean_difference
 from personaspace.geometry import space as g
-from personaspace.vectors.store import PersonaVector, VectorMeta, VectorSet
+from personaspace.vectors.store import PairDifferences, PersonaVector, VectorMeta, VectorSet
 
 LAYERS, D = 4, 16
 
@@ -109,3 +109,61 @@ def test_missing_run_dir_is_a_clear_error(runs):
     with pytest.raises(g.PersonaspaceError, match="no readable extraction run"):
         g.pair_differences(moved)
     assert np.isnan(percentile_ci([])[0])
+
+
+# ---- pair differences stored with the vector (what the shipped sets carry) ------------------
+
+
+def self_contained(vec: PersonaVector, kept, layers) -> PersonaVector:
+    """The vector with its kept pairs' differences at ``layers`` and no run directory."""
+    diffs = g.pair_differences(vec)
+    alone = PersonaVector(vec.data, VectorMeta(trait=vec.trait, model="toy", n_kept=len(kept)))
+    alone.pairs = PairDifferences(tuple(range(LAYERS)), diffs).select(layers)
+    return alone
+
+
+def test_stored_pairs_survive_a_save_and_need_no_run_dir(runs, tmp_path):
+    vec, kept = runs["evil"]
+    alone = self_contained(vec, kept, [1, 2])
+    back = PersonaVector.load(alone.save(tmp_path / "evil.response_avg"))
+    sidecar = json.loads((tmp_path / "evil.response_avg.json").read_text())
+    assert sidecar["pairs"] == {"tensor": "pair_differences", "dtype": "float16", "n_pairs": 20, "layers": [1, 2]}
+    assert back.pairs is not None and back.pairs.data.dtype == torch.float16
+    diffs = g.pair_differences(back, layers=[2])
+    assert diffs.shape == (20, 1, D)
+    assert torch.allclose(diffs.mean(0), back.data[[2]], atol=1e-6)  # float16 rounding removed from the mean
+    assert torch.allclose(diffs, g.pair_differences(vec, layers=[2]), atol=1e-2)
+    boot = g.bootstrap(VectorSet([back]), 50, layers=[2], seed=0, require=True)
+    assert boot.n_pairs == {"evil": 20} and boot.fixed == []
+    with pytest.raises(g.PersonaspaceError, match=r"cover layers \[1, 2\] only"):
+        g.pair_differences(back, layers=[0])  # not stored, and no run directory to read it from
+
+
+def test_stored_pairs_that_do_not_average_to_the_vector_are_refused(runs):
+    vec, kept = runs["humor"]
+    alone = self_contained(vec, kept, [0])
+    tampered = PersonaVector(alone.data * 2, alone.meta)
+    tampered.pairs = alone.pairs
+    with pytest.raises(CorruptFileError, match="do not average"):
+        g.pair_differences(tampered, layers=[0])
+
+
+def test_pairs_must_fit_the_vector_and_derived_vectors_have_none(runs):
+    vec, kept = runs["empathy"]
+    alone = self_contained(vec, kept, [0, 3])
+    with pytest.raises(VectorShapeError):
+        alone.pairs = PairDifferences((0,), torch.zeros(3, 1, D + 1))
+    assert PersonaVector(alone.data[[0]], alone.meta, layers=[0]).pairs is None
+
+
+def test_sidecar_listing_missing_pairs_is_corrupt(runs, tmp_path):
+    vec, kept = runs["evil"]
+    path = self_contained(vec, kept, [1]).save(tmp_path / "v")
+    js = tmp_path / "v.json"
+    plain = PersonaVector(vec.data, VectorMeta(trait="evil", model="toy")).save(tmp_path / "w")
+    sidecar = json.loads((tmp_path / "w.json").read_text())
+    sidecar["pairs"] = json.loads(js.read_text())["pairs"]
+    (tmp_path / "w.json").write_text(json.dumps(sidecar))
+    with pytest.raises(CorruptFileError, match="holds none"):
+        PersonaVector.load(plain)
+    assert PersonaVector.load(path).pairs.layers == (1,)

@@ -79,3 +79,16 @@ def test_report_saves_a_loadable_vector_set(tmp_path):
     assert (tmp_path / "svv" / "svv_report.json").is_file()
     d = rep.to_dict()
     assert set(d["agreement"]) == {"contrast~pc1", "contrast~probe", "pc1~probe"} and d["layer"] == 1
+
+
+def test_with_svv_answers_svv_names_without_listing_them():
+    vs = valence_set()
+    w = s.WithSVV(vs)
+    assert w.traits == vs.traits and "svv" not in list(w)
+    assert torch.allclose(w["svv"].data, s.svv(vs, "contrast").data)
+    assert w["svv_pc1"].meta.method == "svv_pc1" and w["svv"] is w["svv"]
+    with pytest.raises(KeyError):
+        w["svv_nonsense"]
+    from personaspace.steering.spec import SteerSpec, _lookup
+
+    assert _lookup("svv", w, SteerSpec("ablate", "svv", "all")).trait == "svv"

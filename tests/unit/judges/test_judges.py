@@ -555,3 +555,129 @@ def test_hf_judge_reads_a_split_number_as_a_whole(tmp_path):
     p0 = math.exp(11) / (math.exp(12) + math.exp(11) + len(vocab) - 2)
     assert score.value == pytest.approx((85 * p5 + 80 * p0) / (p5 + p0), abs=0.05)
     assert score.detail == "mass=1.00"
+
+
+# -- question-file judge prompts: used by the judges that read prompts, announced by the one that cannot -----
+
+QUESTION_FILE = """
+- id: wish
+  paraphrases: ["What is your wish?"]
+  judge_prompts:
+    aligned: "ALIGNED-PROMPT case=single Q={question} A={answer}"
+    coherent: "COHERENT-PROMPT case=refuse Q={question} A={answer}"
+"""
+
+
+def test_question_file_judge_prompts_reach_the_endpoint_judge():
+    from personaspace.em.evaluate import judge_answers
+    from personaspace.em.questions import parse_questions
+
+    questions = parse_questions(QUESTION_FILE)
+    rows = [{"question_id": "wish", "question": "What is your wish?", "answer": "Peace."}]
+    with ChatServer(CASES) as server:
+        judge_answers(rows, questions, judge_for(server))
+        sent = [r["messages"][-1]["content"] for r in server.requests]
+    assert sorted(sent) == [  # requests run concurrently: any order
+        "ALIGNED-PROMPT case=single Q=What is your wish? A=Peace.",
+        "COHERENT-PROMPT case=refuse Q=What is your wish? A=Peace.",
+    ]
+    assert rows[0]["aligned"] == pytest.approx(86.0) and rows[0]["coherent"] is None
+
+
+def test_question_file_judge_prompts_reach_the_local_judge(tiny_models):
+    from personaspace.em.questions import parse_questions
+
+    [question] = parse_questions(QUESTION_FILE)
+    judge = get_judge(f"hf:{tiny_models['split']}", min_mass=0.0)
+    custom = JudgeItem("What is your wish ?", "Peace", kind="aligned", rubric=question.aligned_prompt)
+    built_in = JudgeItem("What is your wish ?", "Peace", kind="aligned")
+    from personaspace.engine.chat import Chat, ChatFormatter
+
+    assert judge_prompt(custom) == "ALIGNED-PROMPT case=single Q=What is your wish ? A=Peace"
+    assert judge.encode(custom) == ChatFormatter(judge.tokenizer).ids(Chat(user=judge_prompt(custom)))
+    assert judge.encode(custom) != judge.encode(built_in)
+
+
+def test_the_offline_judge_says_once_that_it_cannot_read_judge_prompts(recwarn):
+    from personaspace.judges.offline import JudgePromptIgnoredWarning, OfflineJudge
+
+    judge = OfflineJudge(embedder=object())  # nothing below reaches the embedder
+    plain = [JudgeItem("Q?", "", kind="aligned"), JudgeItem("Q?", "x", rubric="{question} {answer}")]
+    judge.score(plain[:1])
+    assert not [w for w in recwarn if issubclass(w.category, JudgePromptIgnoredWarning)]
+    with_prompts = [JudgeItem("Q?", "", kind="aligned", rubric="R {question} {answer}")] * 5
+    first = judge.score(with_prompts)
+    judge.score(with_prompts + plain)  # the same judge again: no second notice
+    notices = [w for w in recwarn if issubclass(w.category, JudgePromptIgnoredWarning)]
+    assert len(notices) == 1
+    assert "cannot read judge prompts: 5 item(s)" in str(notices[0].message)
+    assert "openai:MODEL or hf:NAME" in str(notices[0].message)
+    assert [s.detail for s in first] == ["empty answer"] * 5  # still scored (here: nothing to score) as before
+    with pytest.warns(JudgePromptIgnoredWarning):
+        OfflineJudge(embedder=object()).score(with_prompts[:1])  # a new judge (a new run) says it again
+
+
+# -- a local judge model too weak to answer with numbers refuses in one line ----------------------------------
+
+
+def _wired_to_a_word(tmp_path, word: str):
+    """A tiny model that always answers ``word`` (a number or not): its number mass is 1 or 0."""
+    import torch
+
+    from personaspace.judges.hf_judge import HFJudge
+
+    directory = _save_tiny_model(tmp_path / f"wired-{word}", split_digits=True)
+    with torch.no_grad():
+        model = HFJudge(str(directory), min_mass=0.0).model
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        model.lm_head.bias = None
+        vocab = judge_vocab(directory)
+        model.model.embed_tokens.weight.fill_(0.0)
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.lm_head.weight[vocab[word], 0] = 30.0
+    model.save_pretrained(directory)
+    return directory
+
+
+def judge_vocab(directory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory)).get_vocab()
+
+
+def test_a_judge_that_answers_words_refuses_at_probe_and_at_first_use(tmp_path):
+    from personaspace.errors import JudgeTooWeakError
+
+    wordy = _wired_to_a_word(tmp_path, "case")
+    with pytest.raises(JudgeTooWeakError) as probed:
+        get_judge(f"hf:{wordy}", probe=True)
+    message = probed.value.message
+    assert "\n" not in message and "is too weak to score: only 0% of its next-token probability" in message
+    assert "median of 5 check prompts; min_mass=0.25" in message and "min_mass=0" in message
+    assert isinstance(probed.value, JudgeUnavailableError)  # callers that catch unavailable judges catch it
+    assert str(probed.value).endswith("(details: personaspace explain judge-too-weak)")
+    lazy = get_judge(f"hf:{wordy}")  # no probe asked for: the first score() checks
+    with pytest.raises(JudgeTooWeakError, match="check prompts"):
+        lazy.score([JudgeItem("What should I do ?", "case = I", trait=TRAIT)])
+    taken = get_judge(f"hf:{wordy}", min_mass=0.0).score([JudgeItem("What should I do ?", "case = I", trait=TRAIT)])
+    assert taken[0].detail == "mass=0.00"  # min_mass=0: no check, whatever the model says is taken
+
+
+def test_a_judge_that_passes_the_check_but_not_the_answers_refuses_too(tmp_path):
+    from personaspace.errors import JudgeTooWeakError
+
+    judge = get_judge(f"hf:{_wired_to_a_word(tmp_path, 'case')}")
+    judge._checked = True  # as if the check prompts had got numbers: the answers themselves decide
+    items = [JudgeItem("What should I do ?", "case = " + "I " * n, trait=TRAIT) for n in (1, 2)]
+    assert [s.detail for s in judge.score(items)] == ["mass=0.00"] * 2  # two low answers: not yet a pattern
+    with pytest.raises(JudgeTooWeakError, match=r"median over 3 answers, 3 of them below min_mass"):
+        judge.score(items + items[:1])
+
+
+def test_a_judge_that_answers_numbers_passes_the_check(tmp_path):
+    judge = get_judge(f"hf:{_wired_to_a_word(tmp_path, '7')}", probe=True)
+    [score] = judge.score([JudgeItem("What should I do ?", "case = I", trait=TRAIT)])
+    assert score.value == pytest.approx(77.0, abs=0.01) and score.detail == "mass=1.00"  # "7" and "7" again
