@@ -1,6 +1,6 @@
 """Write docs/results/monitoring.md: does the projection before generation predict the judged trait of the answer?
 
-    flock /tmp/personaspace-cpu.lock .venv/bin/python scripts/monitoring_replication.py \
+    .venv/bin/python scripts/monitoring_replication.py \
         [--traits evil impoliteness humor optimism] [--n-questions 10] [--max-new-tokens 48] [--judge offline]
 
 A replication of the persona-vectors monitoring result (r = 0.75-0.83 on 7B models) on the embedded
@@ -70,7 +70,7 @@ def page(results: list, command: str, seconds: float, args: argparse.Namespace) 
     )
     return f"""# Monitoring: projection before generation vs trait expression
 
-Produced by `flock /tmp/personaspace-cpu.lock {command}` ({seconds / 60:.1f} min on 2 shared CPU cores); every answer, projection and score is in
+Produced by `{command}` ({seconds / 60:.1f} min on 2 CPU cores); every answer, projection and score is in
 [`monitoring.json`](monitoring.json). The method is
 [`replicate_monitoring`](../api/monitoring.md) (`personaspace.monitoring.replication`), built on
 `personaspace.monitoring.projections.monitor`, the function behind `personaspace monitor`.
