@@ -87,10 +87,7 @@ def choose_mode(enabled: bool | None = None, console: Any = None) -> str | None:
         return "rich"
     if console is not None:
         return "rich" if console.is_terminal and not console.is_dumb_terminal else None
-    try:
-        return "rich" if sys.stderr is not None and sys.stderr.isatty() else None
-    except (AttributeError, ValueError):  # a replaced or closed stderr
-        return None
+    return "rich" if _isatty(sys.stderr) else None  # a replaced or closed stderr counts as no terminal
 
 
 class Progress:

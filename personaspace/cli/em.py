@@ -119,11 +119,10 @@ def eval_cmd(
         m = load_finetuned(p) if p.is_dir() and not (p / "config.json").is_file() else PersonaModel.load(model)
     ivs = []
     if add or ablate:
-        from personaspace.geometry.valence import WithSVV
+        from personaspace.cli.steering import spec_vectors
         from personaspace.steering.spec import parse_specs, resolve_specs
-        from personaspace.vectors.store import load_vectors
 
-        vs = WithSVV(load_vectors(vectors or model))
+        vs = spec_vectors(vectors, model)
         resolved = resolve_specs(parse_specs(add, ablate), vs, m, warn=False)
         for r in resolved:
             console.print(f"  while sampling: [bold]{r.spec.to_text()}[/bold]: {r.describe()}")

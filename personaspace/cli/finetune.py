@@ -32,11 +32,10 @@ def training_interventions(model, steer: List[str], ablate: List[str], vectors: 
     """Parse ``--steer``/``--ablate`` specs (the steering syntax) into engine interventions for training."""
     if not steer and not ablate:
         return []
-    from personaspace.geometry.valence import WithSVV
+    from personaspace.cli.steering import spec_vectors
     from personaspace.steering.spec import parse_specs, resolve_specs
-    from personaspace.vectors.store import load_vectors
 
-    vs = WithSVV(load_vectors(vectors or model.name, position=position))
+    vs = spec_vectors(vectors, model.name, position)
     resolved = resolve_specs(parse_specs(steer, ablate), vs, model, warn=False)
     for r in resolved:
         for w in r.warnings:

@@ -30,10 +30,10 @@ from typing import Any, Iterator, Optional, Sequence
 import typer
 from rich.console import Console
 
+from personaspace._util.progress import DEBUG_ENV, debug_enabled
 from personaspace.errors import PersonaspaceError
 
 PROG = "personaspace"
-DEBUG_ENV = "PERSONASPACE_DEBUG"
 INTERRUPTED = "interrupted; rerun the same command to resume"
 EXIT_USAGE = EXIT_USER = 2
 EXIT_INTERNAL = 1
@@ -264,7 +264,7 @@ def one_line(text: Any) -> str:
 
 
 def _debug() -> bool:
-    return bool(_state["debug"]) or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return bool(_state["debug"]) or debug_enabled()
 
 
 def _emit(line: str, exc: Optional[BaseException] = None) -> None:

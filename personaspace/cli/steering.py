@@ -31,11 +31,12 @@ def _load_model(name: str):
         return PersonaModel.load(name)
 
 
-def _load_vectors(vectors: Optional[str], model_name: str, position: str):
+def spec_vectors(vectors: Optional[str], model_name: str, position: str = "response_avg"):
+    """The vectors steering specs name: ``--vectors`` (or the model's shipped set), where ``svv`` names resolve too."""
     from personaspace.geometry.valence import WithSVV
     from personaspace.vectors.store import load_vectors
 
-    return WithSVV(load_vectors(vectors or model_name, position=position))  # `svv` names resolve too
+    return WithSVV(load_vectors(vectors or model_name, position=position))
 
 
 def _pick(vectors, name: str):
@@ -128,7 +129,7 @@ def steer_cmd(
         from personaspace.traits import load_trait
 
         load_trait(trait)  # a misspelt trait fails before the model loads
-    vs = _load_vectors(vectors, model, position)
+    vs = spec_vectors(vectors, model, position)
     m = _load_model(model)
     resolved = resolve_specs(specs, vs, m, scope=scope, warn=False)
     _warn(w for r in resolved for w in r.warnings)
@@ -250,7 +251,7 @@ def sweep_cmd(
     from personaspace.traits import load_trait
 
     tr = load_trait(trait)  # trait and vectors first: a misspelt name fails before the model loads
-    vs = _load_vectors(vectors, model, position)
+    vs = spec_vectors(vectors, model, position)
     vec = _pick(vs, vector or tr.name)
     m = _load_model(model)
     _warn(vec.check_compatible(m.d_model, None, m.name))
@@ -343,7 +344,7 @@ def monitor_cmd(
         from personaspace.judges import get_judge
 
         judge = get_judge(judge or "offline", cache=True, probe=True)  # before the model loads
-    vs = _load_vectors(vectors, model, position)  # vectors first: a misspelt name fails before the model loads
+    vs = spec_vectors(vectors, model, position)  # vectors first: a misspelt name fails before the model loads
     vec = _pick(vs, trait)
     m = _load_model(model)
     _warn(vec.check_compatible(m.d_model, None, m.name))
@@ -421,7 +422,7 @@ def flag_cmd(
     if limit is not None:
         checks.positive_int("--limit", limit)
     checks.writable_file(out or data.with_name(f"{data.stem}.flagged-{trait}.jsonl"))
-    vs = _load_vectors(vectors, model, position)  # vectors first: a misspelt name fails before the model loads
+    vs = spec_vectors(vectors, model, position)  # vectors first: a misspelt name fails before the model loads
     vec = _pick(vs, trait)
     m = _load_model(model)
     _warn(vec.check_compatible(m.d_model, None, m.name))
@@ -462,7 +463,7 @@ def orthogonalize_cmd(
     from personaspace.steering.orthogonalization import save_orthogonalized
 
     checks.writable_dir(out)
-    vs = _load_vectors(vectors, model, position)  # vectors first: a misspelt name fails before the model loads
+    vs = spec_vectors(vectors, model, position)  # vectors first: a misspelt name fails before the model loads
     vec = _pick(vs, trait)
     m = _load_model(model)
     _warn(vec.check_compatible(m.d_model, None, m.name))
@@ -490,7 +491,7 @@ def export_gguf_cmd(
 
     checks.writable_file(out)
     checks.finite("coef", coef)
-    vs = _load_vectors(vectors, model, position)
+    vs = spec_vectors(vectors, model, position)
     vec = _pick(vs, trait)
     chosen = None
     if layers:

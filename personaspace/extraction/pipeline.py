@@ -657,30 +657,36 @@ def _all_pairs(rows: list[Row]) -> list[tuple[int, int]]:
     return [(pos[r.pair], r.id) for r in rows if r.side == "neg"]
 
 
+DROP_REASONS = ("no_score", "pos_too_low", "neg_too_high", "incoherent")
+
+
+def pair_verdict(pos: dict, neg: dict, cfg: ExtractionConfig) -> str:
+    """``"kept"``, or why the judged pair (``pos``/``neg`` score rows) is dropped: one of ``DROP_REASONS``."""
+    if any(v is None for v in (pos["trait"], neg["trait"], pos["coherence"], neg["coherence"])):
+        return "no_score"
+    if pos["trait"] < cfg.pos_threshold:
+        return "pos_too_low"
+    if neg["trait"] >= cfg.neg_threshold:
+        return "neg_too_high"
+    if min(pos["coherence"], neg["coherence"]) < cfg.coherence_threshold:
+        return "incoherent"
+    return "kept"
+
+
 def select_pairs(rows: list[Row], scores: dict[int, dict], cfg: ExtractionConfig, *, judged: bool = True) -> tuple[list[tuple[int, int]], dict[str, int]]:
-    """Kept (pos row id, neg row id) pairs and a count of why the others were dropped."""
+    """Kept (pos row id, neg row id) pairs and a count of why the others were dropped (:func:`pair_verdict`)."""
     by_pair: dict[tuple, dict[str, Row]] = {}
     for r in rows:
         by_pair.setdefault(r.pair, {})[r.side] = r
     kept: list[tuple[int, int]] = []
-    reasons = {"no_score": 0, "pos_too_low": 0, "neg_too_high": 0, "incoherent": 0}
+    reasons = dict.fromkeys(DROP_REASONS, 0)
     for pair in sorted(by_pair):
         pos, neg = by_pair[pair]["pos"], by_pair[pair]["neg"]
-        if not judged:
+        verdict = pair_verdict(scores[pos.id], scores[neg.id], cfg) if judged else "kept"
+        if verdict == "kept":
             kept.append((pos.id, neg.id))
-            continue
-        sp, sn = scores[pos.id], scores[neg.id]
-        values = [sp["trait"], sn["trait"], sp["coherence"], sn["coherence"]]
-        if any(v is None for v in values):
-            reasons["no_score"] += 1
-        elif sp["trait"] < cfg.pos_threshold:
-            reasons["pos_too_low"] += 1
-        elif sn["trait"] >= cfg.neg_threshold:
-            reasons["neg_too_high"] += 1
-        elif min(sp["coherence"], sn["coherence"]) < cfg.coherence_threshold:
-            reasons["incoherent"] += 1
         else:
-            kept.append((pos.id, neg.id))
+            reasons[verdict] += 1
     return kept, reasons
 
 

@@ -321,22 +321,3 @@ def table_lines(report: dict[str, Any]) -> list[str]:
         )
     lines.append("acc@50: pos >= 50, neg < 50, unscored = wrong; neutral: mean score/target")
     return lines
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    """The report as a Markdown table (the one in docs/judges.md)."""
-    out = [
-        "| trait | n pos/neg/neutral | scored | AUROC [95% CI] | acc@50 (Wilson 95%) | ECE | Brier | MAE vs target | neutral mean / target |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in list(report["traits"].items()) + [("**all**", report["all"])]:
-        n, sc, acc, neu = m["n"], m["scored"], m["accuracy"], m["neutral"]
-        neutral_text = "n/a" if neu["mean_score"] is None else f"{neu['mean_score']:.0f} / {neu['mean_target']:.0f}"
-        out.append(
-            f"| {name} | {n['pos']}/{n['neg']}/{n['neutral']} | {sc['pos'] + sc['neg'] + sc['neutral']} "
-            f"| {_f(m['auroc'], 3)} {_interval(m['auroc_ci95'])} "
-            f"| {acc['k']}/{acc['n']} = {_f(acc['rate'])} {_interval(acc['wilson95'])} "
-            f"| {_f(m['ece'])} | {_f(m['brier'])} | {_f(m['target_mae'], 1)} {_interval(m['target_mae_ci95'], 1)} "
-            f"| {neutral_text} |"
-        )
-    return "\n".join(out)

@@ -272,9 +272,8 @@ def replicate_monitoring(
             return xs, question_bootstrap(xs, y, qs, n_boot=n_boot, seed=seed)
 
         g = torch.Generator().manual_seed(seed)
-        norm = float(vec.at(layer).norm())
         rand_dirs = [torch.randn(model.d_model, generator=g) for _ in range(max(1, n_random))]
-        _, random_first = r_for(rand_dirs[0] * norm / rand_dirs[0].norm())
+        _, random_first = r_for(rand_dirs[0])  # monitor projects on the unit direction: no norm to match
         null = [random_first["pearson"]] + [r_for(d, layer)[1]["pearson"] for d in rand_dirs[1:n_random]]
         null_abs = np.abs(np.asarray([r for r in null if np.isfinite(r)]))
         controls: dict[str, Any] = {

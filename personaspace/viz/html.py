@@ -14,6 +14,7 @@ shared alone. Pages carry their CSS inline and use the system's fonts.
 
 from __future__ import annotations
 
+import functools
 import html as _html
 import os
 import re
@@ -59,7 +60,9 @@ a { color: #0b62a4; }
 """
 
 
+@functools.lru_cache(maxsize=1)
 def _plotly_js() -> str:
+    """plotly's bundled plotly.js (4.8 MB), read from the package once per process."""
     from plotly.offline import get_plotlyjs
 
     return str(get_plotlyjs())
@@ -85,7 +88,7 @@ def ensure_plotly_js(directory: str | os.PathLike) -> Path:
         try:
             with open(path, "rb") as f:
                 head = f.read(200).decode("utf-8", errors="replace")
-            if banner in head and path.stat().st_size == len(_plotly_js().encode("utf-8")):
+            if banner in head and path.stat().st_size == len(_plotly_js().encode("utf-8")):  # cached text
                 return path
         except OSError:
             pass

@@ -499,7 +499,7 @@ def _pair_html(pos: Any, neg: Any, status: str, gens: Mapping[int, dict], scores
 
 def _extract_report(path: Path, *, model: Any, trait: Any, token_views: int, examples: int) -> _Report:
     from personaspace._util.io import read_jsonl
-    from personaspace.extraction.pipeline import ExtractionConfig, RunDir, plan_rows, select_pairs
+    from personaspace.extraction.pipeline import DROP_REASONS, ExtractionConfig, RunDir, pair_verdict, plan_rows
 
     run = RunDir(path)
     config = _read_json(run.config)
@@ -525,17 +525,18 @@ def _extract_report(path: Path, *, model: Any, trait: Any, token_views: int, exa
         for s in read_jsonl(run.scores):
             if s.get("judge") == identity and int(s["id"]) in scores:
                 scores[int(s["id"])] = {**s, "judged": True}
-    kept, reasons = select_pairs(rows, scores, cfg, judged=judged)
     by_pair: dict[tuple, dict[str, Any]] = {}
     for r in rows:
         by_pair.setdefault(r.pair, {})[r.side] = r
-    pairs = []  # (pos row, neg row, "kept" or the reason it was dropped), each decided by select_pairs itself
+    pairs = []  # (pos row, neg row, "kept" or the reason it was dropped), decided by the pipeline's own rule
     for pair in sorted(by_pair):
         sides = by_pair[pair]
         if "pos" not in sides or "neg" not in sides:
             continue
-        one_kept, why = select_pairs([sides["pos"], sides["neg"]], scores, cfg, judged=judged)
-        pairs.append((sides["pos"], sides["neg"], "kept" if one_kept else next(k for k, v in why.items() if v)))
+        pos, neg = sides["pos"], sides["neg"]
+        pairs.append((pos, neg, pair_verdict(scores[pos.id], scores[neg.id], cfg) if judged else "kept"))
+    kept = [(p.id, n.id) for p, n, v in pairs if v == "kept"]
+    reasons = {k: sum(v == k for *_, v in pairs) for k in DROP_REASONS}
     if summary.get("kept") is not None and summary["kept"] != len(kept):
         report.notes.append(f"the summary counts {summary['kept']} kept pairs, the files now give {len(kept)} "
                             "(answers or scores changed after the summary was written)")
@@ -819,8 +820,7 @@ def _em_eval_report(path: Path) -> _Report:
 
 
 def _experiment_report(path: Path) -> _Report:
-    from personaspace.viz.em import em_rate_bars
-    from personaspace.viz.plots import trait_cosine_bars
+    from personaspace.viz.em import corrupt_trait_cosine_bars, em_rate_bars
 
     results = _read_json(path / "results.json")
     config = _read_json(path / "config.json")
@@ -830,13 +830,12 @@ def _experiment_report(path: Path) -> _Report:
         if "betley" in row:
             report.headline.append((f"EM rate, {row['condition']} (betley)", _rate_text(row.get("betley", {})),
                                     f"model_organisms {_rate_text(row.get('model_organisms', {}))}; {row.get('n_answers')} answers"))
-    corrupt = (results.get("geometry") or {}).get("corrupt")
     figs = []
-    for draw, data in ((em_rate_bars, results), (trait_cosine_bars, corrupt)):
-        if not data:
-            continue
+    for draw in (em_rate_bars, corrupt_trait_cosine_bars):  # the figures `experiment em` writes, same labels
         try:
-            figs.append(_figure(draw(data)))
+            fig = draw(results)
+            if fig is not None:
+                figs.append(_figure(fig))
         except (PersonaspaceError, KeyError, TypeError, ValueError) as exc:  # e.g. stages switched off: results.md has the numbers
             report.notes.append(f"figure {draw.__name__} not drawn: {type(exc).__name__}: {exc}")
     if figs:
