@@ -7,7 +7,9 @@ activations captured during generation, no second pass.
 
 Equality: the reference's activation pass run on *our* responses gives the same vector (cosine).
 
-Run: ``.venv/bin/python benchmarks/extract.py [--per-side 20 --max-new-tokens 64]``.
+Run: ``.venv/bin/python benchmarks/extract.py [--per-side 20 --max-new-tokens 64]`` (writes results/extract.json),
+or ``--main-job``: the shape of ``extract --trait evil`` with its defaults, 100 rows per side and 48 new
+tokens (writes results/extract_main_job.json; the reference then takes about two minutes).
 """
 
 from __future__ import annotations
@@ -71,7 +73,13 @@ def main() -> None:
     parser.add_argument("--per-side", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--trait", default="evil")
+    parser.add_argument("--main-job", action="store_true", help="the default extraction's shape: 100 rows per side, 48 new tokens")
     args = parser.parse_args()
+    if args.main_job:
+        from personaspace.extraction.pipeline import ExtractionConfig
+
+        defaults = ExtractionConfig(trait=args.trait)
+        args.per_side, args.max_new_tokens = defaults.n_instructions * defaults.n_questions, defaults.max_new_tokens
 
     model = load_model()
     trait = load_trait(args.trait)
@@ -106,9 +114,9 @@ def main() -> None:
         "our_response_tokens": tokens_ours,
         "min_cosine_per_layer_vs_reference": float(cos.min()),
         "max_rel_error_vector": rel_err(v_ours, v_ref),
-        "target_speedup": 2.0,
+        "target_speedup": 3.0,
     }
-    report("extract", result)
+    report("extract_main_job" if args.main_job else "extract", result)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ def extract_cmd(
     max_new_tokens: int = typer.Option(48, help="Answer length in tokens; the paper uses up to 1000."),
     temperature: float = typer.Option(1.0, help="Sampling temperature (0 = greedy)."),
     seed: int = typer.Option(0, help="Sampling seed."),
-    batch_size: int = typer.Option(50, help="Rows generated together (also the resume granularity)."),
+    batch_size: int = typer.Option(200, help="Rows generated together (also the resume granularity)."),
     pos_threshold: float = typer.Option(50.0, help="Keep a pair only if the pos answer's trait score is at least this."),
     neg_threshold: float = typer.Option(50.0, help="... and the neg answer's trait score is below this."),
     coherence_threshold: float = typer.Option(50.0, help="... and both coherence scores are at least this."),

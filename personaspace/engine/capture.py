@@ -60,10 +60,12 @@ class CaptureAccumulator:
         self.layers = list(layers)
         self.reductions = list(reductions)
         self._slot = {layer: i for i, layer in enumerate(self.layers)}
-        self.sums = torch.zeros(len(self.reductions), n_samples, len(self.layers), d_model, dtype=torch.float32)
+        # [reductions, layers, samples, d_model]: one (reduction, layer) block is contiguous, so each
+        # layer's index_add_ writes into dense rows
+        self.sums = torch.zeros(len(self.reductions), len(self.layers), n_samples, d_model, dtype=torch.float32)
         self.counts = torch.zeros(len(self.reductions), n_samples, dtype=torch.float32)
         self._weights: Tensor | None = None
-        self._packed_weights: tuple[Tensor, Tensor] | None = None  # (index, [R * B, tokens]) of this pass
+        self._packed_weights: tuple[Tensor, list] | None = None  # (index, segment plan) of this pass
 
     def begin(self, ctx: StepContext) -> None:
         """Prepare the reduction weights of one forward pass and count its tokens."""
@@ -76,7 +78,7 @@ class CaptureAccumulator:
 
     def accumulate(self, layer: int, contrib: Float[Tensor, "reductions batch d_model"]) -> None:
         """Add one layer's weighted sums of the current forward pass to each row's sample."""
-        self.sums[:, :, self._slot[layer]].index_add_(1, self._rows, contrib.to(self.sums.device))
+        self.sums[:, self._slot[layer]].index_add_(1, self._rows, contrib.to(self.sums.device))
 
     def add(self, layer: int, hidden: Tensor) -> None:
         """Accumulate one layer's output ``hidden`` [batch, seq, d_model] of the current forward pass."""
@@ -88,19 +90,41 @@ class CaptureAccumulator:
     def add_packed(self, layer: int, x: Float[Tensor, "tokens d_model"], index: Int[Tensor, " tokens"]) -> None:
         """Accumulate one layer's output on packed real tokens: ``x[j]`` is flat position ``index[j]``.
 
-        The weighted sums become one small matmul, ``[R * batch, tokens] @ x``; the weight matrix is
-        built once per forward pass (every layer of a pass shares ``index``).
+        Each token adds to one sample, so every reduction is a segment sum: the tokens it counts are
+        added straight into their samples' rows (``index_add_``). A reduction that counts no token of
+        this pass (``response_avg`` in a prefill, ``prompt_*`` in a decode step) costs nothing. The plan
+        (which tokens, which samples) is built once per forward pass: every layer shares ``index``.
         """
         if self._packed_weights is None or self._packed_weights[0] is not index:
-            r, batch, seq = self._weights.shape
-            w = self._weights.to(x.device).reshape(r, batch * seq).index_select(1, index)  # [R, tokens]
-            spread = torch.zeros(r, batch, index.numel(), device=x.device)
-            spread[:, index // seq, torch.arange(index.numel(), device=x.device)] = w
-            self._packed_weights = (index, spread.view(r * batch, -1))
-        self.accumulate(layer, (self._packed_weights[1] @ x.float()).view(len(self.reductions), -1, x.shape[-1]))
+            self._packed_weights = (index, self._segments(index))
+        x = x.float()
+        for r, tokens, samples, weight in self._packed_weights[1]:
+            part = x if tokens is None else x.index_select(0, tokens)
+            if weight is not None:
+                part = part * weight[:, None]
+            self.sums[r, self._slot[layer]].index_add_(0, samples, part.to(self.sums.device))
+
+    def _segments(self, index: Tensor) -> list[tuple[int, Tensor | None, Tensor, Tensor | None]]:
+        """Per reduction with any weight in this pass: (reduction, packed tokens or None for all, their
+        samples, their weights or None when all are 1)."""
+        r, batch, seq = self._weights.shape
+        weights = self._weights.to(index.device).reshape(r, batch * seq).index_select(1, index)  # [R, tokens]
+        samples_all = self._rows.to(index.device)[index // seq]
+        plan: list[tuple[int, Tensor | None, Tensor, Tensor | None]] = []
+        for k in range(r):
+            w = weights[k]
+            tokens = w.nonzero().squeeze(1)
+            if tokens.numel() == 0:
+                continue
+            if tokens.numel() == w.numel():
+                plan.append((k, None, samples_all, None if bool((w == 1).all()) else w))
+            else:
+                wk = w.index_select(0, tokens)
+                plan.append((k, tokens, samples_all.index_select(0, tokens), None if bool((wk == 1).all()) else wk))
+        return plan
 
     def result(self) -> Activations:
-        means = self.sums / self.counts.clamp(min=1)[:, :, None, None]
+        means = (self.sums / self.counts.clamp(min=1)[:, None, :, None]).transpose(1, 2).contiguous()
         return Activations(
             {r: means[i] for i, r in enumerate(self.reductions)},
             {r: self.counts[i].long() for i, r in enumerate(self.reductions)},

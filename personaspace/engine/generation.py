@@ -7,25 +7,31 @@ costs what its longest answer costs only for the rows still writing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from personaspace.engine.backends.base import Backend
+from personaspace._util.shapes import Float, Int  # checked in the tests (jaxtyping)
+from personaspace.engine.backends.base import Backend, ForwardOutput
+from personaspace.engine.backends.slot_cache import SlotCache
 from personaspace.engine.callbacks import ContextSlot, layer_callbacks
 from personaspace.engine.capture import CaptureAccumulator
 from personaspace.engine.context import StepContext, position_ids
 from personaspace.engine.interventions import Intervention
 
-if TYPE_CHECKING:  # shape hints only
-    pass
-
-
 # Bump when sampling draws different tokens for the same seed, so cached runs made before are not reused.
-SAMPLER_VERSION = "inverse-cdf-1"
+# 2: one uniform per row that samples (rows at the length limit that are only fed for capture draw none);
+#    the fused backend's static-cache loop (continuous batching when prompts outnumber ``batch_size``).
+SAMPLER_VERSION = "inverse-cdf-2"
+
+# Vocabulary columns per LM-head chunk when the head and the sampler are fused: [rows, 2048] float32
+# logits stay in the CPU's cache between the matmul and the softmax (a whole-vocabulary matrix does not).
+VOCAB_CHUNK = 2048
 
 
 @dataclass
@@ -36,8 +42,15 @@ class SamplingConfig:
     seed: int = 0
 
 
-def sample_next(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> Tensor:
-    """Greedy when temperature is 0, else temperature + nucleus sampling from a seeded generator."""
+def draw_uniforms(cfg: SamplingConfig, generator: torch.Generator | None, rows: int) -> Tensor | None:
+    """One uniform per sampling row, ``[rows, 1]`` float32, in the rows' order (None when greedy)."""
+    if cfg.temperature <= 0:
+        return None
+    return torch.rand(rows, 1, generator=generator, dtype=torch.float32)
+
+
+def sample_next(logits: Tensor, cfg: SamplingConfig, uniforms: Tensor | None) -> Tensor:
+    """Greedy when temperature is 0, else temperature + nucleus sampling by inverse CDF at ``uniforms``."""
     logits = logits.float()
     if cfg.temperature <= 0:
         return logits.argmax(-1)
@@ -49,10 +62,58 @@ def sample_next(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator 
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     # Inverse-CDF sampling: one uniform draw per row. torch.multinomial draws an exponential per
     # vocabulary entry (50k per row per step), which costs more than the decoder step on CPU.
+    assert uniforms is not None, "sampling at temperature > 0 needs uniforms (draw_uniforms)"
     cdf = probs.cpu().cumsum(-1)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+    u = uniforms.to(cdf.dtype) * cdf[:, -1:]
     token = torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
     return token.to(logits.device)
+
+
+def sample_from_hidden(hidden: Float[Tensor, "rows d_model"], weight: Float[Tensor, "vocab d_model"],
+                       cfg: SamplingConfig, uniforms: Tensor | None) -> Int[Tensor, " rows"]:
+    """The next token of each row from its final hidden state, with the LM head applied chunk by chunk.
+
+    The same draw as :func:`sample_next` on ``hidden @ weight.T`` (up to float rounding): greedy is the
+    first maximum; sampling is the inverse CDF of the softmax at each row's uniform, found in two
+    levels -- which vocabulary chunk (from per-chunk masses), then which token inside it -- so no
+    whole-vocabulary softmax, cumulative sum or sort is ever built. Nucleus sampling (``top_p < 1``)
+    needs the sort and takes the whole-vocabulary path.
+    """
+    vocab = weight.shape[0]
+    if cfg.top_p < 1.0:
+        return sample_next(F.linear(hidden, weight), cfg, uniforms)
+    starts = range(0, vocab, VOCAB_CHUNK)
+    if cfg.temperature <= 0:
+        best, index = F.linear(hidden, weight[:VOCAB_CHUNK]).float().max(-1)
+        for start in starts[1:]:
+            value, at = F.linear(hidden, weight[start : start + VOCAB_CHUNK]).float().max(-1)
+            better = value > best  # strictly greater: ties keep the earlier token, as argmax does
+            best, index = torch.where(better, value, best), torch.where(better, at + start, index)
+        return index
+    rows = hidden.shape[0]
+    logits = torch.empty(len(starts), rows, VOCAB_CHUNK, dtype=torch.float32, device=hidden.device)
+    logits[-1, :, vocab - (len(starts) - 1) * VOCAB_CHUNK :] = float("-inf")  # past the vocabulary: no mass
+    peak = torch.empty(len(starts), rows, dtype=torch.float32, device=hidden.device)
+    mass = torch.empty_like(peak)
+    for c, start in enumerate(starts):
+        chunk = logits[c, :, : min(VOCAB_CHUNK, vocab - start)]
+        chunk.copy_(F.linear(hidden, weight[start : start + VOCAB_CHUNK]))
+        if cfg.temperature != 1.0:
+            chunk.div_(cfg.temperature)
+        peak[c] = chunk.amax(-1)
+        mass[c] = torch.exp(chunk - peak[c, :, None]).sum(-1)
+    assert uniforms is not None, "sampling at temperature > 0 needs uniforms (draw_uniforms)"
+    top = peak.amax(0)
+    cum = (mass * torch.exp(peak - top)).t().cumsum(-1)  # [rows, chunks]: cumulative mass, relative to the top logit
+    u = uniforms.to(cum.device) * cum[:, -1:]
+    which = torch.searchsorted(cum, u).clamp_(max=len(starts) - 1)  # [rows, 1]
+    before = torch.where(which > 0, cum.gather(1, (which - 1).clamp(min=0)), torch.zeros_like(u))
+    row = torch.arange(rows, device=hidden.device)
+    chosen = which.squeeze(1)
+    inside = torch.exp(logits[chosen, row] - peak[chosen, row][:, None]).cumsum(-1)  # [rows, VOCAB_CHUNK]
+    target = (u - before) / torch.exp(peak[chosen, row] - top)[:, None]
+    offset = torch.searchsorted(inside, target).squeeze(1)
+    return (chosen * VOCAB_CHUNK + offset).clamp_(max=vocab - 1)
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device, side: str = "left") -> tuple[Tensor, Tensor]:
@@ -82,11 +143,13 @@ def generate_batch(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
 ) -> list[tuple[list[int], bool]]:
-    """Generate for one batch; return ``(response_ids, ended_with_stop_token)`` per prompt.
+    """Generate for one batch on any backend; return ``(response_ids, ended_with_stop_token)`` per prompt.
 
-    Response ids exclude the stop token. With ``capture``, every response token is fed through the model
-    once (one extra step at the end if a row hit ``max_new_tokens``), so ``response_avg`` covers exactly
-    the returned response ids, as a separate forward over (prompt, response) would.
+    Left-padded prefill, then one step per new token with the backend's own KV cache (or, without one,
+    a full forward per step); rows that finish are dropped from the batch and the cache. Response ids
+    exclude the stop token. With ``capture``, every response token is fed through the model once (one
+    extra step at the end if a row hit ``max_new_tokens``), so ``response_avg`` covers exactly the
+    returned response ids, as a separate forward over (prompt, response) would.
     """
     if capture is not None and not use_cache:
         raise ValueError("Capture during generation needs the KV cache; capture the finished pairs instead.")
@@ -99,11 +162,17 @@ def generate_batch(
     fns = layer_callbacks(slot, interventions, capture)
     stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
 
-    def run(ctx: StepContext, ids: Tensor, mask: Tensor, pos: Tensor, cache) -> Tensor:
+    def run(ctx: StepContext, ids: Tensor, mask: Tensor, pos: Tensor, cache) -> ForwardOutput:
         slot.ctx = ctx
         if capture is not None:
             capture.begin(ctx)
         return backend.forward(ids, mask, pos, layer_fns=fns, cache=cache, logits_to_keep=1)
+
+    def sample(out: ForwardOutput, keep: Tensor | None = None) -> Tensor:
+        """The next token of each row (of rows ``keep`` only) from the step's last logits."""
+        assert out.logits is not None, "generation needs the backend's logits"
+        logits = out.logits[:, -1] if keep is None else out.logits[keep, -1]
+        return sample_next(logits, cfg, draw_uniforms(cfg, generator, logits.shape[0]))
 
     # Prefill.
     ids, mask = pad_batch(prompts, pad_id, device)
@@ -112,7 +181,7 @@ def generate_batch(
     out = run(StepContext(pos, prompt_len, mask.bool(), row_ids), ids, mask, pos, cache)
     cache = out.cache
     alive = torch.arange(n, device=device)  # batch positions (in the cache) -> prompt index
-    token = sample_next(out.logits[:, -1], cfg, generator)
+    token = sample(out)
     while True:
         is_stop = torch.isin(token, stop_tensor)
         for j, i in enumerate(alive.tolist()):
@@ -146,11 +215,121 @@ def generate_batch(
             out = run(ctx, full_ids, full_mask, full_pos, None)
         if bool(at_max.all()):
             break  # that was the capture-only step for rows at the length limit
-        token = sample_next(out.logits[:, -1], cfg, generator)
-        if bool(at_max.any()):
+        if bool(at_max.any()):  # rows at the limit were fed for capture only: they stop here
             keep = (~at_max).nonzero().squeeze(-1)
-            alive, token = alive[keep], token[keep]
+            alive = alive[keep]
             if use_cache:
                 cache.batch_select_indices(keep)
                 mask = mask[keep]
+            token = sample(out, keep)
+        else:
+            token = sample(out)
+    return [(responses[i], stopped[i]) for i in range(n)]
+
+
+def generate_slots(
+    backend: Any,
+    prompts: Sequence[Sequence[int]],
+    rows: Sequence[int],
+    *,
+    cfg: SamplingConfig,
+    stop_ids: set[int],
+    pad_id: int,
+    device,
+    interventions: dict[int, list[Intervention]],
+    cache: SlotCache,
+    capture: CaptureAccumulator | None = None,
+    generator: torch.Generator | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> list[tuple[list[int], bool]]:
+    """Generate on a static :class:`SlotCache` with continuous batching (fused backend).
+
+    Prompts are admitted in the order given into free slots (a packed prefill of the new rows), and
+    every live row then advances one token per decode step. A row that finishes frees its slot at
+    once: the last live row moves into it, and the next waiting prompt is prefilled into the first free
+    slot, so a step always decodes ``min(slots, rows left)`` rows. The LM head and the sampler run
+    together, chunked over the vocabulary (:func:`sample_from_hidden`). Each step draws one uniform per
+    sampling row, in prompt order: with no more prompts than slots, the same draws as
+    :func:`generate_batch`. Same contract otherwise (response ids without the stop token, capture of
+    every response token). ``on_done(k)`` is told when ``k`` more rows have finished.
+    """
+    n = len(prompts)
+    weight = backend.lm_head_weight()
+    prompt_len = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+    row_ids = torch.tensor(list(rows), dtype=torch.long, device=device)
+    responses: list[list[int]] = [[] for _ in range(n)]
+    stopped = [False] * n
+    capture_only = [False] * n  # at the length limit: fed once more for capture, not sampled
+    slot = ContextSlot()
+    fns = layer_callbacks(slot, interventions, capture)
+    queue = deque(range(n))
+    live: list[int] = []  # prompt index in each occupied slot, slots 0 .. len(live) - 1
+    pending: list[int] = []  # token each live row feeds next
+
+    def run(ctx: StepContext, ids: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
+        slot.ctx = ctx
+        if capture is not None:
+            capture.begin(ctx)
+        return backend.forward(ids, mask, pos, layer_fns=fns, cache=cache, logits_to_keep=1).hidden
+
+    def sample(hidden: Tensor, who: list[int]) -> list[int]:
+        """Tokens for rows ``who`` (prompt indices); the uniforms are handed out in prompt order."""
+        uniforms = draw_uniforms(cfg, generator, len(who))
+        if uniforms is not None:
+            order = sorted(range(len(who)), key=who.__getitem__)
+            uniforms = uniforms[torch.tensor(order).argsort()]
+        return sample_from_hidden(hidden, weight, cfg, uniforms).tolist()
+
+    def take(who: list[int], tokens: list[int]) -> list[bool]:
+        """Record sampled tokens; True for each row that is finished."""
+        done = []
+        for i, t in zip(who, tokens):
+            if t in stop_ids:
+                stopped[i] = True
+                done.append(True)
+                continue
+            responses[i].append(t)
+            capture_only[i] = len(responses[i]) >= cfg.max_new_tokens
+            done.append(capture_only[i] and capture is None)
+        return done
+
+    def release(finished: list[int]) -> None:
+        """Free the slots in ``finished``: fill each hole with the last live row."""
+        for hole in sorted(finished, reverse=True):
+            last = len(live) - 1
+            if hole != last:
+                cache.move(last, hole)
+                live[hole], pending[hole] = live[last], pending[last]
+            live.pop()
+            pending.pop()
+        if on_done is not None and finished:
+            on_done(len(finished))
+
+    while queue or live:
+        if queue and len(live) < cache.slots:
+            new = [queue.popleft() for _ in range(min(cache.slots - len(live), len(queue)))]
+            ids, mask = pad_batch([prompts[i] for i in new], pad_id, device, side="right")
+            cache.first_slot = len(live)
+            hidden = run(StepContext.for_padded(mask, prompt_len[new], row_ids[new]), ids, mask, position_ids(mask))
+            first = len(live)
+            live.extend(new)
+            tokens = sample(hidden, new)
+            pending.extend(tokens)
+            release([first + j for j, d in enumerate(take(new, tokens)) if d])
+            continue  # admit again if rows finished at once; else decode
+        cache.first_slot = 0
+        step_pos = torch.tensor([len(prompts[i]) + len(responses[i]) - 1 for i in live], dtype=torch.long, device=device)[:, None]
+        here = torch.tensor(live, dtype=torch.long, device=device)
+        ctx = StepContext(step_pos, prompt_len[here], torch.ones_like(step_pos, dtype=torch.bool), row_ids[here])
+        hidden = run(ctx, torch.tensor(pending, dtype=torch.long, device=device)[:, None], torch.ones_like(step_pos), step_pos)
+        sampling = [j for j, i in enumerate(live) if not capture_only[i]]
+        finished = [j for j, i in enumerate(live) if capture_only[i]]
+        if sampling:
+            who = [live[j] for j in sampling]
+            tokens = sample(hidden[sampling] if len(sampling) < len(live) else hidden, who)
+            for j, t, d in zip(sampling, tokens, take(who, tokens)):
+                pending[j] = t
+                if d:
+                    finished.append(j)
+        release(finished)
     return [(responses[i], stopped[i]) for i in range(n)]

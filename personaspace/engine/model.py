@@ -20,7 +20,7 @@ from personaspace.engine.callbacks import ContextSlot, layer_callbacks
 from personaspace.engine.capture import Activations, CaptureAccumulator
 from personaspace.engine.chat import ChatFormatter, PromptLike
 from personaspace.engine.context import REDUCTIONS, StepContext, position_ids
-from personaspace.engine.generation import SamplingConfig, generate_batch, pad_batch
+from personaspace.engine.generation import SamplingConfig, generate_batch, generate_slots, pad_batch
 from personaspace.engine.interventions import Intervention, by_layer
 from personaspace.engine.layers import LayerSpec, resolve_layers
 from personaspace.engine.placement import input_device
@@ -207,6 +207,11 @@ class PersonaModel:
         return by_layer([*self._interventions, *extra], self.n_layers, self.d_model)
 
     # ---- generation ---------------------------------------------------------------------------
+    def _slot_cache(self, slots: int, capacity: int) -> Any:
+        """The backend's static KV cache for this generation, or None (the backend has none, or declines)."""
+        make = getattr(self.backend, "new_slot_cache", None)
+        return make(slots, capacity) if make is not None else None
+
     @torch.inference_mode()
     def generate(
         self,
@@ -246,25 +251,21 @@ class PersonaModel:
         generator = torch.Generator().manual_seed(seed)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         results: list[tuple[list[int], bool] | None] = [None] * len(ids)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            out = generate_batch(
-                self.backend,
-                [ids[i] for i in chunk],
-                chunk,
-                cfg=cfg,
-                stop_ids=self.stop_ids,
-                pad_id=self.pad_id,
-                device=self.device,
-                interventions=active,
-                capture=capture if use_cache else None,
-                use_cache=use_cache,
-                generator=generator,
-            )
-            for i, res in zip(chunk, out):
-                results[i] = res
-            if progress is not None:
-                progress(len(chunk))
+        common: dict[str, Any] = dict(cfg=cfg, stop_ids=self.stop_ids, pad_id=self.pad_id, device=self.device, interventions=active,
+                                      generator=generator)
+        slots = self._slot_cache(min(batch_size, len(ids)), max((len(p) for p in ids), default=0) + max_new_tokens) if use_cache and ids else None
+        if slots is not None:  # a static KV cache: continuous batching over all prompts
+            out = generate_slots(self.backend, [ids[i] for i in order], order, cache=slots, capture=capture, on_done=progress, **common)
+            results = [res for _, res in sorted(zip(order, out))]
+        else:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                out = generate_batch(self.backend, [ids[i] for i in chunk], chunk, capture=capture if use_cache else None,
+                                     use_cache=use_cache, **common)
+                for i, res in zip(chunk, out):
+                    results[i] = res
+                if progress is not None:
+                    progress(len(chunk))
         generations = [
             Generation(ids[i], resp, self.tokenizer.decode(resp, skip_special_tokens=True), fin)
             for i, (resp, fin) in enumerate(results)  # type: ignore[misc]

@@ -74,7 +74,7 @@ class ExtractionConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
-    batch_size: int = 50
+    batch_size: int = 200
     judge: str = "offline"
     pos_threshold: float = 50.0
     neg_threshold: float = 50.0

@@ -228,13 +228,16 @@ CASES = [
 def no_generation(monkeypatch):
     """Count entries into the engine's batch generator: a fail-fast check must come before any."""
     calls = []
-    real = engine_model.generate_batch
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def spy(real):
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine_model, "generate_batch", spy)
+        return counted
+
+    for name in ("generate_batch", "generate_slots"):  # the plain loop and the static-cache loop
+        monkeypatch.setattr(engine_model, name, spy(getattr(engine_model, name)))
     return calls
 
 

@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -37,8 +37,12 @@ DECODER_LAYER_PATHS = (
 class ForwardOutput:
     logits: Tensor | None  # [batch, kept positions, vocab], or None after an early exit
     cache: Any
+    # [batch, d_model]: final-normed hidden state of each row's last token, when the backend leaves the
+    # LM head to the caller (slot-cache generation steps; logits is None then)
+    hidden: Tensor | None = None
 
 
+@runtime_checkable
 class Backend(Protocol):
     n_layers: int
     d_model: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from reference import rel_err
 
@@ -62,12 +63,59 @@ def test_steered_cached_and_uncached_generation_agree(tiny_model):
 
 def test_sampler_matches_the_distribution():
     """Inverse-CDF sampling draws tokens with the softmax probabilities (chi-square style check)."""
-    from personaspace.engine.generation import SamplingConfig, sample_next
+    from personaspace.engine.generation import SamplingConfig, draw_uniforms, sample_next
 
+    cfg = SamplingConfig(temperature=1.0)
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]]).clamp(min=1e-12)).expand(4000, -1)
-    draws = sample_next(logits, SamplingConfig(temperature=1.0), torch.Generator().manual_seed(0))
+    draws = sample_next(logits, cfg, draw_uniforms(cfg, torch.Generator().manual_seed(0), 4000))
     freq = torch.bincount(draws, minlength=5).float() / len(draws)
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0]), atol=0.03)
     assert freq[4] == 0
-    top = sample_next(logits, SamplingConfig(temperature=1.0, top_p=0.7), torch.Generator().manual_seed(0))
+    top_cfg = SamplingConfig(temperature=1.0, top_p=0.7)
+    top = sample_next(logits, top_cfg, draw_uniforms(top_cfg, torch.Generator().manual_seed(0), 4000))
     assert set(top.tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.0, 1.5])
+def test_chunked_head_sampler_draws_what_the_whole_vocabulary_sampler_draws(temperature, monkeypatch):
+    """The LM head fused with the sampler, chunked over the vocabulary (a vocabulary that is not a
+    multiple of the chunk, so the last chunk is short), picks the token the whole-vocabulary sampler
+    picks at the same uniform: identical for greedy, and for sampling everywhere except where the
+    uniform falls within float rounding of a CDF step."""
+    import personaspace.engine.generation as gen
+
+    monkeypatch.setattr(gen, "VOCAB_CHUNK", 64)
+    gen_ = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(3000, 16, generator=gen_), torch.randn(1000, 16, generator=gen_)
+    cfg = gen.SamplingConfig(temperature=temperature)
+    uniforms = gen.draw_uniforms(cfg, torch.Generator().manual_seed(1), 3000)
+    chunked = gen.sample_from_hidden(hidden, weight, cfg, uniforms)
+    whole = gen.sample_next(hidden @ weight.T, cfg, uniforms)
+    assert chunked.dtype == torch.long and chunked.shape == (3000,)
+    assert int((chunked < 0).sum() + (chunked >= 1000).sum()) == 0
+    mismatches = int((chunked != whole).sum())
+    assert mismatches == 0 if temperature == 0 else mismatches <= 3, mismatches
+
+
+def test_chunked_greedy_keeps_the_first_of_tied_maxima(monkeypatch):
+    import personaspace.engine.generation as gen
+
+    monkeypatch.setattr(gen, "VOCAB_CHUNK", 4)
+    weight = torch.zeros(10, 2)
+    weight[[2, 5, 9], 0] = 1.0  # three tokens tie for the maximum, in three chunks
+    token = gen.sample_from_hidden(torch.tensor([[1.0, 0.0]]), weight, gen.SamplingConfig(), None)
+    assert token.tolist() == [2]
+
+
+def test_chunked_sampler_follows_the_distribution(monkeypatch):
+    import personaspace.engine.generation as gen
+
+    monkeypatch.setattr(gen, "VOCAB_CHUNK", 2)
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    weight = torch.eye(5)
+    hidden = torch.log(probs.clamp(min=1e-30)).expand(4000, -1).contiguous()
+    cfg = gen.SamplingConfig(temperature=1.0)
+    draws = gen.sample_from_hidden(hidden, weight, cfg, gen.draw_uniforms(cfg, torch.Generator().manual_seed(0), 4000))
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert torch.allclose(freq, probs, atol=0.03)
+    assert freq[4] == 0

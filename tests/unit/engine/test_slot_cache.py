@@ -1,0 +1,111 @@
+"""The fused backend's static-cache generation (engine.generation.generate_slots, backends.slot_cache):
+continuous batching, slot moves and the fused LM head + sampler, held against the plain loop on the
+hooks backend (Hugging Face forward, DynamicCache) on the same tiny Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import rel_err
+
+import personaspace.engine.generation as generation
+from personaspace.engine import Add
+from personaspace.engine.backends.slot_cache import SlotCache
+from personaspace.engine.model import with_backend
+
+PROMPTS = ["Hi.", "Tell me something about the sea, please.", "What do you think about rain?", "Go.", "One more, a longer one, with words."]
+ALL = ["prompt_avg", "prompt_last", "response_avg", "all_avg"]
+
+
+@pytest.fixture()
+def slot_calls(monkeypatch):
+    """How often each generation loop ran: the fused backend must take the static-cache loop."""
+    import personaspace.engine.model as engine_model
+
+    calls = {"generate_slots": 0, "generate_batch": 0}
+    for name in calls:
+        real = getattr(engine_model, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(engine_model, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_continuous_batching_gives_the_plain_loops_greedy_tokens(tiny_model, slot_calls, batch_size):
+    """Fewer slots than prompts (rows refilled as others finish) changes no greedy token, steered or not."""
+    hooks = with_backend(tiny_model, "hooks")
+    steer = Add(torch.randn(tiny_model.d_model, generator=torch.Generator().manual_seed(0)), coef=3.0, layers=[1, 2], scope="response")
+    for interventions in ([], [steer]):
+        fused = tiny_model.generate(PROMPTS, max_new_tokens=9, batch_size=batch_size, interventions=interventions)
+        plain = hooks.generate(PROMPTS, max_new_tokens=9, batch_size=len(PROMPTS), interventions=interventions)
+        assert [g.response_ids for g in fused] == [g.response_ids for g in plain]
+        assert [g.finished for g in fused] == [g.finished for g in plain]
+    assert slot_calls["generate_slots"] == 2 and slot_calls["generate_batch"] == 2  # fused: slots; hooks: plain
+
+
+def test_capture_with_refilled_slots_equals_capture_of_finished_pairs(tiny_model):
+    out = tiny_model.generate(PROMPTS, max_new_tokens=7, temperature=1.0, seed=2, batch_size=2, capture_layers=True, reductions=ALL)
+    again = tiny_model.capture([g.prompt_ids for g in out], [g.response_ids for g in out], reductions=ALL)
+    for reduction in ALL:
+        assert rel_err(out.activations[reduction], again[reduction]) < 1e-5, reduction
+        assert torch.equal(out.activations.counts[reduction], again.counts[reduction]), reduction
+    assert out.activations.counts["response_avg"].tolist() == [len(g.response_ids) for g in out]
+
+
+def test_seeded_sampling_matches_the_plain_loop_when_every_prompt_has_a_slot(tiny_model):
+    """One uniform per sampling row per step, in prompt order, in both loops: the same tokens."""
+    hooks = with_backend(tiny_model, "hooks")
+    for capture in (False, True):
+        kwargs = dict(max_new_tokens=12, temperature=1.0, seed=11, batch_size=len(PROMPTS), capture_layers=capture)
+        fused, plain = tiny_model.generate(PROMPTS, **kwargs), hooks.generate(PROMPTS, **kwargs)
+        assert [g.response_ids for g in fused] == [g.response_ids for g in plain]
+
+
+def test_a_sampled_stop_token_frees_the_slot_for_the_next_prompt(tiny_model, monkeypatch):
+    """Force the stop token for one row on its second step: it ends, and its slot takes the next prompt."""
+    stop = next(iter(tiny_model.stop_ids))
+    real = generation.sample_from_hidden
+    step = {"n": 0}
+
+    def stop_once(hidden, weight, cfg, uniforms):
+        tokens = real(hidden, weight, cfg, uniforms)
+        step["n"] += 1
+        if step["n"] == 2:
+            tokens[0] = stop
+        return tokens
+
+    monkeypatch.setattr(generation, "sample_from_hidden", stop_once)
+    out = tiny_model.generate(PROMPTS, max_new_tokens=6, batch_size=2, capture_layers=True, reductions=["response_avg"])
+    assert sum(g.finished for g in out) == 1
+    ended = next(g for g in out if g.finished)
+    assert len(ended.response_ids) == 1 and stop not in ended.response_ids
+    assert all(len(g.response_ids) == 6 for g in out if not g.finished)
+    assert out.activations.counts["response_avg"].tolist() == [len(g.response_ids) for g in out]
+
+
+def test_slot_cache_moves_rows_and_refuses_overflow():
+    cache = SlotCache(2, 3, 1, 5, 2, dtype=torch.float32, device="cpu")
+    cache.keys[:, 2, :, :, :4] = 1.0
+    cache.values[:, 2, :, :4] = 2.0
+    cache.lengths[2] = 4
+    cache.move(2, 0)
+    assert int(cache.lengths[0]) == 4
+    assert bool((cache.keys[:, 0, :, :, :4] == 1).all()) and bool((cache.values[:, 0, :, :4] == 2).all())
+    cache.first_slot = 2
+    with pytest.raises(RuntimeError, match="overflow"):
+        cache.check_room(2, 3)
+    with pytest.raises(RuntimeError, match="overflow"):
+        cache.check_room(1, 6)
+
+
+def test_sliding_window_shorter_than_the_generation_takes_the_plain_loop(tiny_model, slot_calls, monkeypatch):
+    backend = tiny_model.backend
+    assert backend.name == "fused"
+    monkeypatch.setattr(backend, "window", 8)
+    assert backend.new_slot_cache(2, 9) is None and backend.new_slot_cache(2, 8) is not None
+    tiny_model.generate(PROMPTS[:2], max_new_tokens=4)
+    assert slot_calls == {"generate_slots": 0, "generate_batch": 1}
