@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from personaspace._util.shapes import Float, Int  # checked in the tests (jaxtyping)
 from personaspace.engine.backends.base import Backend, ForwardOutput
+from personaspace.engine.backends.packed_linear import VOCAB_CHUNK as DEFAULT_VOCAB_CHUNK
+from personaspace.engine.backends.packed_linear import ChunkedHead
 from personaspace.engine.backends.slot_cache import SlotCache
 from personaspace.engine.callbacks import ContextSlot, layer_callbacks
 from personaspace.engine.capture import CaptureAccumulator
@@ -29,9 +30,8 @@ from personaspace.engine.interventions import Intervention
 #    the fused backend's static-cache loop (continuous batching when prompts outnumber ``batch_size``).
 SAMPLER_VERSION = "inverse-cdf-2"
 
-# Vocabulary columns per LM-head chunk when the head and the sampler are fused: [rows, 2048] float32
-# logits stay in the CPU's cache between the matmul and the softmax (a whole-vocabulary matrix does not).
-VOCAB_CHUNK = 2048
+# Vocabulary rows per LM-head chunk when the head and the sampler are fused (packed_linear.VOCAB_CHUNK).
+VOCAB_CHUNK = DEFAULT_VOCAB_CHUNK
 
 
 @dataclass
@@ -69,35 +69,36 @@ def sample_next(logits: Tensor, cfg: SamplingConfig, uniforms: Tensor | None) ->
     return token.to(logits.device)
 
 
-def sample_from_hidden(hidden: Float[Tensor, "rows d_model"], weight: Float[Tensor, "vocab d_model"],
+def sample_from_hidden(hidden: Float[Tensor, "rows d_model"], head: Float[Tensor, "vocab d_model"] | ChunkedHead,
                        cfg: SamplingConfig, uniforms: Tensor | None) -> Int[Tensor, " rows"]:
     """The next token of each row from its final hidden state, with the LM head applied chunk by chunk.
 
-    The same draw as :func:`sample_next` on ``hidden @ weight.T`` (up to float rounding): greedy is the
-    first maximum; sampling is the inverse CDF of the softmax at each row's uniform, found in two
-    levels -- which vocabulary chunk (from per-chunk masses), then which token inside it -- so no
-    whole-vocabulary softmax, cumulative sum or sort is ever built. Nucleus sampling (``top_p < 1``)
-    needs the sort and takes the whole-vocabulary path.
+    ``head`` is the LM head weight or a :class:`ChunkedHead` made from it. The same draw as
+    :func:`sample_next` on ``hidden @ weight.T`` (up to float rounding): greedy is the first maximum;
+    sampling is the inverse CDF of the softmax at each row's uniform, found in two levels -- which
+    vocabulary chunk (from per-chunk masses), then which token inside it -- so no whole-vocabulary
+    softmax, cumulative sum or sort is ever built. Nucleus sampling (``top_p < 1``) needs the sort and
+    takes the whole-vocabulary path.
     """
-    vocab = weight.shape[0]
+    head = head if isinstance(head, ChunkedHead) else ChunkedHead(head, VOCAB_CHUNK)
+    vocab, width, n_chunks = head.vocab, head.chunk, len(head.starts)
     if cfg.top_p < 1.0:
-        return sample_next(F.linear(hidden, weight), cfg, uniforms)
-    starts = range(0, vocab, VOCAB_CHUNK)
+        return sample_next(torch.cat([head.logits(hidden, c) for c in range(n_chunks)], dim=-1), cfg, uniforms)
     if cfg.temperature <= 0:
-        best, index = F.linear(hidden, weight[:VOCAB_CHUNK]).float().max(-1)
-        for start in starts[1:]:
-            value, at = F.linear(hidden, weight[start : start + VOCAB_CHUNK]).float().max(-1)
+        best, index = head.logits(hidden, 0).float().max(-1)
+        for c in range(1, n_chunks):
+            value, at = head.logits(hidden, c).float().max(-1)
             better = value > best  # strictly greater: ties keep the earlier token, as argmax does
-            best, index = torch.where(better, value, best), torch.where(better, at + start, index)
+            best, index = torch.where(better, value, best), torch.where(better, at + c * width, index)
         return index
     rows = hidden.shape[0]
-    logits = torch.empty(len(starts), rows, VOCAB_CHUNK, dtype=torch.float32, device=hidden.device)
-    logits[-1, :, vocab - (len(starts) - 1) * VOCAB_CHUNK :] = float("-inf")  # past the vocabulary: no mass
-    peak = torch.empty(len(starts), rows, dtype=torch.float32, device=hidden.device)
+    logits = torch.empty(n_chunks, rows, width, dtype=torch.float32, device=hidden.device)
+    logits[-1, :, vocab - (n_chunks - 1) * width :] = float("-inf")  # past the vocabulary: no mass
+    peak = torch.empty(n_chunks, rows, dtype=torch.float32, device=hidden.device)
     mass = torch.empty_like(peak)
-    for c, start in enumerate(starts):
-        chunk = logits[c, :, : min(VOCAB_CHUNK, vocab - start)]
-        chunk.copy_(F.linear(hidden, weight[start : start + VOCAB_CHUNK]))
+    for c in range(n_chunks):
+        chunk = logits[c, :, : min(width, vocab - c * width)]
+        chunk.copy_(head.logits(hidden, c))
         if cfg.temperature != 1.0:
             chunk.div_(cfg.temperature)
         peak[c] = chunk.amax(-1)
@@ -106,14 +107,14 @@ def sample_from_hidden(hidden: Float[Tensor, "rows d_model"], weight: Float[Tens
     top = peak.amax(0)
     cum = (mass * torch.exp(peak - top)).t().cumsum(-1)  # [rows, chunks]: cumulative mass, relative to the top logit
     u = uniforms.to(cum.device) * cum[:, -1:]
-    which = torch.searchsorted(cum, u).clamp_(max=len(starts) - 1)  # [rows, 1]
+    which = torch.searchsorted(cum, u).clamp_(max=n_chunks - 1)  # [rows, 1]
     before = torch.where(which > 0, cum.gather(1, (which - 1).clamp(min=0)), torch.zeros_like(u))
     row = torch.arange(rows, device=hidden.device)
     chosen = which.squeeze(1)
-    inside = torch.exp(logits[chosen, row] - peak[chosen, row][:, None]).cumsum(-1)  # [rows, VOCAB_CHUNK]
+    inside = torch.exp(logits[chosen, row] - peak[chosen, row][:, None]).cumsum(-1)  # [rows, width]
     target = (u - before) / torch.exp(peak[chosen, row] - top)[:, None]
-    offset = torch.searchsorted(inside, target).squeeze(1)
-    return (chosen * VOCAB_CHUNK + offset).clamp_(max=vocab - 1)
+    offset = torch.searchsorted(inside, target).squeeze(1).clamp_(max=width - 1)
+    return (chosen * width + offset).clamp_(max=vocab - 1)
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device, side: str = "left") -> tuple[Tensor, Tensor]:
@@ -254,7 +255,7 @@ def generate_slots(
     every response token). ``on_done(k)`` is told when ``k`` more rows have finished.
     """
     n = len(prompts)
-    weight = backend.lm_head_weight()
+    head = backend.lm_head()
     prompt_len = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
     row_ids = torch.tensor(list(rows), dtype=torch.long, device=device)
     responses: list[list[int]] = [[] for _ in range(n)]
@@ -278,7 +279,7 @@ def generate_slots(
         if uniforms is not None:
             order = sorted(range(len(who)), key=who.__getitem__)
             uniforms = uniforms[torch.tensor(order).argsort()]
-        return sample_from_hidden(hidden, weight, cfg, uniforms).tolist()
+        return sample_from_hidden(hidden, head, cfg, uniforms).tolist()
 
     def take(who: list[int], tokens: list[int]) -> list[bool]:
         """Record sampled tokens; True for each row that is finished."""

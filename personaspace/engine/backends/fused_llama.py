@@ -21,9 +21,12 @@ cache (:class:`~personaspace.engine.backends.slot_cache.SlotCache`: packed prefi
 one token per row per decode step; see :func:`~personaspace.engine.generation.generate_slots`).
 Training, latent attacks and forwards given a Hugging Face cache use the plain hooks backend over the
 same modules, and so do sequences longer than a sliding attention window (Mistral; Qwen2 with
-``use_sliding_window``). The fused q/k/v
-weights are a copy (about 12% of the weights of SmolLM2; made on first use, rebuilt when a source
-weight is edited in place or replaced); all other weights are read from the live modules. Any other
+``use_sliding_window``). The weight matmuls go through
+:class:`~personaspace.engine.backends.packed_linear.Linear`: the concatenated q/k/v weight is a copy
+(about 12% of the weights of SmolLM2), and on a CPU with float32 weights every matrix and the LM head
+are reordered copies for oneDNN, about twice MKL's speed on AMD processors (the model's size again in
+memory; ``PERSONASPACE_ONEDNN=0`` turns this off). Copies are made on first use and rebuilt when a
+source weight is edited in place or replaced; otherwise the live modules' tensors are used. Any other
 layer callback sees exactly what the hooks backend shows it: the output of each decoder block,
 ``[batch, seq, d_model]``, and may return a replacement.
 """
@@ -38,6 +41,7 @@ from torch import Tensor
 
 from personaspace.engine.backends.base import ForwardOutput
 from personaspace.engine.backends.hooks import HFHookBackend
+from personaspace.engine.backends.packed_linear import ChunkedHead, Linear, room_for_copies
 from personaspace.engine.backends.slot_cache import SlotCache, score_bias
 from personaspace.engine.callbacks import LayerFn
 from personaspace.engine.placement import fast_path_reason
@@ -102,13 +106,15 @@ def _interleave_rows(weight: Tensor, n_heads: int, head_dim: int) -> Tensor:
 
 
 class _FusedBlock:
-    """One decoder block's weights in the layout the fused forward wants.
+    """One decoder block's weight matmuls in the form the fused forward wants.
 
-    Only the concatenated q/k/v weight is a copy; it is rebuilt when any of q, k, v is edited in place
-    or replaced. Every other weight is read from the live module at each call.
+    q, k and v are one concatenated weight (a copy). On a CPU with float32 weights every matrix is
+    also reordered for oneDNN (:mod:`~personaspace.engine.backends.packed_linear`: a copy of each);
+    elsewhere the other matrices are the live modules' tensors. Everything is rebuilt when any source
+    weight or bias is edited in place or replaced.
     """
 
-    def __init__(self, block: Any, n_heads: int, n_kv: int, head_dim: int):
+    def __init__(self, block: Any, n_heads: int, n_kv: int, head_dim: int, onednn: bool = True):
         reason = fast_path_reason(block)
         if reason:  # offloaded or quantized after the backend was chosen
             raise BackendError(
@@ -116,19 +122,22 @@ class _FusedBlock:
                 "(PersonaModel.from_hf picks the hooks backend for it) or use with_backend(model, 'hooks')."
             )
         self.block = block
-        q, k, v = self._sources()
+        attn, mlp = block.self_attn, block.mlp
+        q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
 
         def concat(part: str) -> Tensor:  # q and k rows permuted for the complex rotary; v as is
             q_, k_, v_ = (getattr(m, part).detach() for m in (q, k, v))
             return torch.cat([_interleave_rows(q_, n_heads, head_dim), _interleave_rows(k_, n_kv, head_dim), v_]).contiguous()
 
-        self.w_qkv = concat("weight")
-        self.b_qkv = concat("bias") if q.bias is not None else None  # Qwen2: biases on q, k and v
+        self.qkv = Linear(concat("weight"), concat("bias") if q.bias is not None else None, onednn=onednn)  # Qwen2: q/k/v biases
+        self.o, self.gate, self.up, self.down = (
+            Linear(m.weight, onednn=onednn) for m in (attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        )
         self.stamp = self._stamp()
 
     def _sources(self) -> tuple:
-        attn = self.block.self_attn
-        return attn.q_proj, attn.k_proj, attn.v_proj
+        attn, mlp = self.block.self_attn, self.block.mlp
+        return attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj
 
     def _stamp(self) -> tuple:
         params = [p for m in self._sources() for p in (m.weight, m.bias) if p is not None]
@@ -166,6 +175,9 @@ class FusedLlamaBackend:
         self._qkv_columns = ((0, nq), (nq, nq + nk), (nq + nk, nq + 2 * nk))  # q | k | v in the fused output
         self.window = sliding_window(config)
         self._blocks: list[_FusedBlock | None] = [None] * self.n_layers
+        self._head: ChunkedHead | None = None
+        # oneDNN copies of the weights (CPU, float32) only when they fit beside the model
+        self.onednn = room_for_copies(sum(p.numel() * p.element_size() for p in hf_model.parameters()))
 
     # the protocol's other members are the hooks backend's
     def new_cache(self) -> Any:
@@ -182,9 +194,13 @@ class FusedLlamaBackend:
         weight = self.hf_model.lm_head.weight
         return SlotCache(self.n_layers, slots, self.n_kv, capacity, self.head_dim, dtype=weight.dtype, device=weight.device)
 
-    def lm_head_weight(self) -> Tensor:
-        """``[vocab, d_model]``: the caller applies the LM head to what a slot-cache forward returns."""
-        return self.hf_model.lm_head.weight
+    def lm_head(self) -> ChunkedHead:
+        """The LM head in vocabulary chunks: the caller applies it to what a slot-cache forward returns
+        (fused with the sampler). Made on first use, rebuilt when the weight is edited or replaced."""
+        weight = self.hf_model.lm_head.weight
+        if self._head is None or self._head.weight is not weight or self._head.stale():
+            self._head = ChunkedHead(weight, onednn=self.onednn)
+        return self._head
 
     def forward(self, input_ids, attention_mask, position_ids, *, layer_fns, stop_after=None, cache=None, logits_to_keep=1):
         if isinstance(cache, SlotCache):
@@ -200,7 +216,7 @@ class FusedLlamaBackend:
     def _block(self, i: int) -> _FusedBlock:
         fb = self._blocks[i]
         if fb is None or fb.stale():
-            fb = self._blocks[i] = _FusedBlock(self.layers[i], self.n_heads, self.n_kv, self.head_dim)
+            fb = self._blocks[i] = _FusedBlock(self.layers[i], self.n_heads, self.n_kv, self.head_dim, self.onednn)
         return fb
 
     def _fused_forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
@@ -286,16 +302,11 @@ class FusedLlamaBackend:
         return qkv[:, k0:k1].unflatten(-1, (self.n_kv, self.head_dim)), qkv[:, v0:v1].unflatten(-1, (self.n_kv, self.head_dim))
 
     def _prefill_attention(self, cache: SlotCache, first: int, batch: int, seq: int, index: Tensor, like: Tensor):
-        packed = self._packed_attention(batch, seq, index, like)
-        slot, position = first + index // seq, index % seq
+        def keep(layer: int, k: Tensor, v: Tensor) -> None:  # whole rows at once; padding (zeros) lies past each row's length
+            cache.keys[layer][first : first + batch, :, :, :seq] = k.transpose(-1, -2)
+            cache.values[layer][first : first + batch, :, :seq] = v
 
-        def attend(layer: int, qkv: Tensor) -> Tensor:
-            k, v = self._kv_views(qkv)
-            cache.keys[layer][slot, :, :, position] = k
-            cache.values[layer][slot, :, position] = v
-            return packed(layer, qkv)
-
-        return attend
+        return self._packed_attention(batch, seq, index, like, keep)
 
     def _decode_attention(self, cache: SlotCache, first: int, batch: int, pos: Tensor, width: int, lengths: Tensor):
         """One query per row against its cached keys: scores and mixing as two batched matmuls per layer.
@@ -333,11 +344,15 @@ class FusedLlamaBackend:
         rows = qkv.view(batch, seq, -1)
         return tuple(rows[..., a:b].unflatten(-1, (-1, self.head_dim)).transpose(1, 2) for a, b in self._qkv_columns)
 
-    def _packed_attention(self, batch: int, seq: int, index: Tensor, like: Tensor):
+    def _packed_attention(self, batch: int, seq: int, index: Tensor, like: Tensor, keep=None):
+        """Causal attention of packed right-padded rows; ``keep(layer, k, v)`` sees each layer's keys and
+        values as ``[batch, kv_heads, seq, head_dim]`` (the slot cache stores them from there)."""
         rows = like.new_zeros(batch * seq, self._qkv_columns[-1][1])  # one per forward; padding stays 0
 
         def attend(layer: int, qkv: Tensor) -> Tensor:
             q, k, v = self._split_heads(rows.index_copy_(0, index, qkv), batch, seq)
+            if keep is not None:
+                keep(layer, k, v)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_heads)
             return out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
 
@@ -367,16 +382,16 @@ class FusedLlamaBackend:
         """One decoder block on ``x`` [tokens, d_model]; ``attend(layer, qkv)`` is its attention."""
         d = x.shape[-1]
         block = fb.block
-        ln1, ln2, mlp = block.input_layernorm, block.post_attention_layernorm, block.mlp
+        ln1, ln2 = block.input_layernorm, block.post_attention_layernorm
         h = F.rms_norm(x, (d,), ln1.weight, ln1.variance_epsilon)
-        qkv = F.linear(h, fb.w_qkv, fb.b_qkv)  # [tokens, q|k|v]
+        qkv = fb.qkv(h)  # [tokens, q|k|v]
         (q0, q1), (k0, k1), _ = self._qkv_columns
         self._rotate_(qkv[:, q0:q1], self.n_heads, rotation)
         self._rotate_(qkv[:, k0:k1], self.n_kv, rotation)
-        x = torch.addmm(x, attend(layer, qkv), block.self_attn.o_proj.weight.t())
+        x = fb.o.add_to(x, attend(layer, qkv))
         h = F.rms_norm(x, (d,), ln2.weight, ln2.variance_epsilon)
-        gate = F.silu(F.linear(h, mlp.gate_proj.weight), inplace=True).mul_(F.linear(h, mlp.up_proj.weight))
-        return torch.addmm(x, gate, mlp.down_proj.weight.t())
+        gate = F.silu(fb.gate(h), inplace=True).mul_(fb.up(h))
+        return fb.down.add_to(x, gate)
 
 
 def _complex_dtype(x: Tensor) -> torch.dtype:
