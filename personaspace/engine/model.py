@@ -232,7 +232,10 @@ class PersonaModel:
         """Generate answers; optionally capture activations of prompt and response tokens on the way.
 
         ``capture_layers``: False (no capture), True/None/"all" (every layer), or a layer spec.
-        Prompts are sorted by length into batches to limit padding; results come back in input order.
+        ``batch_size`` rows generate together: on the fused backend they are the slots of a static KV
+        cache, refilled from the remaining prompts as rows finish (continuous batching); on other
+        backends prompts are sorted by length into batches to limit padding. Results come back in
+        input order.
         """
         prompts = checks.prompt_list(prompts, allow_empty=True)
         max_new_tokens = checks.positive_int("max_new_tokens", max_new_tokens)
