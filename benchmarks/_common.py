@@ -44,10 +44,15 @@ def sustained_matmul_gflops(seconds: float = 2.0, n: int = 1536) -> float:
     fast as any size from 1024 to 4096 here.
     """
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)  # warm-up
+    return _sustained(lambda: torch.mm(a, b), n, seconds)
+
+
+def _sustained(run: Callable[[], object], n: int, seconds: float) -> float:
+    """GFLOP/s of an n x n x n matmul ``run`` called back to back for ``seconds`` (after one warm-up)."""
+    run()
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
+        run()
         count += 1
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
@@ -60,19 +65,12 @@ def sustained_onednn_gflops(seconds: float = 2.0, n: int = 1536) -> float | None
     ``torch.mm`` calls MKL, which takes its AVX-512 kernels only on Intel processors; on the AMD EPYC
     machines here oneDNN reaches about 2.3x MKL's rate, so the best of the two is the machine's peak.
     """
-    from personaspace.engine.backends.packed_linear import onednn_works
+    from personaspace.engine.backends.packed_linear import Linear, onednn_works
 
     if not onednn_works():
         return None
-    a = torch.randn(n, n)
-    w = torch.ops.mkldnn._reorder_linear_weight(torch.randn(n, n), None)
-    run = lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")  # noqa: E731
-    run()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        run()
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+    a, linear = torch.randn(n, n), Linear(torch.randn(n, n))
+    return _sustained(lambda: linear(a), n, seconds)
 
 
 def sustained_peaks() -> dict[str, float]:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import _block_dims, _block_weights, report, sustained_peaks
+from _common import _block_dims, _block_weights, best_of, decoder_flops, report, sustained_peaks
 
 import personaspace.engine.generation as generation
 from personaspace import Add, load_model, load_trait, load_vectors
@@ -45,14 +45,7 @@ def memory_gbps(mib: int = 256, repeats: int = 5) -> float:
     a = torch.randn(mib * 1024 * 1024 // 4)
     b = torch.empty_like(a)
     b.copy_(a)
-    best = min(_timed(lambda: b.copy_(a)) for _ in range(repeats))
-    return 2 * a.numel() * 4 / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return 2 * a.numel() * 4 / best_of(lambda: b.copy_(a), repeats) / 1e9
 
 
 def generation_flops(config, prompts: list[list[int]], responses: list[list[int]], finished: list[bool], capture: bool) -> float:
@@ -61,10 +54,9 @@ def generation_flops(config, prompts: list[list[int]], responses: list[list[int]
     was sampled from it. A row that hit the length limit feeds its last token only when capturing."""
     d, heads, _, head_dim, _ = _block_dims(config)
     weights, layers, head = _block_weights(config), config.num_hidden_layers, 2 * d * config.vocab_size
-    total = 0.0
+    total = decoder_flops(config, [len(p) for p in prompts], layers, lm_head=False) + head * len(prompts)
     for p, r, stop in zip(prompts, responses, finished):
         n, m = len(p), len(r)
-        total += layers * (2 * weights * n + 2 * heads * head_dim * n * (n + 1)) + head
         fed = m if (stop or capture) else max(m - 1, 0)
         for j in range(fed):
             context = n + j + 1
@@ -100,11 +92,16 @@ class StageClock:
             self.seconds["head_and_sampler"] += time.perf_counter() - start
             return out
 
-        backend.forward, generation.sample_from_hidden = timed_forward, timed_sampler
-        self._restore = lambda: (setattr(backend, "forward", forward), setattr(generation, "sample_from_hidden", sampler))
+        self._patched = ((backend, "forward", forward, timed_forward), (generation, "sample_from_hidden", sampler, timed_sampler))
 
-    def close(self) -> None:
-        self._restore()
+    def __enter__(self) -> StageClock:
+        for owner, name, _, timed in self._patched:
+            setattr(owner, name, timed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for owner, name, original, _ in self._patched:
+            setattr(owner, name, original)
 
 
 def generation_stage(model, rows, cfg: ExtractionConfig, interventions=()):
@@ -121,11 +118,10 @@ def generation_stage(model, rows, cfg: ExtractionConfig, interventions=()):
 def measure(model, rows, cfg, interventions=()) -> dict:
     """One timed generation stage bracketed by two measurements of the sustained peaks."""
     before = sustained_peaks()
-    clock = StageClock(model)
-    start = time.perf_counter()
-    gens = generation_stage(model, rows, cfg, interventions)
-    seconds = time.perf_counter() - start
-    clock.close()
+    with StageClock(model) as clock:
+        start = time.perf_counter()
+        gens = generation_stage(model, rows, cfg, interventions)
+        seconds = time.perf_counter() - start
     after = sustained_peaks()
     peaks = {k: (before[k] + after[k]) / 2 for k in before}
     config = model.hf_model.config
@@ -149,11 +145,18 @@ def main_job_stages(model) -> dict:
     def progress(stage: str, done: int, total: int) -> None:
         marks.setdefault(stage, []).append(time.perf_counter())
 
+    home = os.environ.get("PERSONASPACE_HOME")
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["PERSONASPACE_HOME"] = str(Path(tmp) / "home")
-        start = time.perf_counter()
-        ps.extract("evil", model, out=Path(tmp) / "run", progress=progress)
-        total = time.perf_counter() - start
+        os.environ["PERSONASPACE_HOME"] = str(Path(tmp) / "home")  # a fresh judge cache
+        try:
+            start = time.perf_counter()
+            ps.extract("evil", model, out=Path(tmp) / "run", progress=progress)
+            total = time.perf_counter() - start
+        finally:
+            if home is None:
+                os.environ.pop("PERSONASPACE_HOME", None)
+            else:
+                os.environ["PERSONASPACE_HOME"] = home
     stages = {name: round(times[-1] - times[0], 2) for name, times in marks.items()}
     return {"total_s": round(total, 2), **{f"{k}_s": v for k, v in stages.items()}, "rest_s": round(total - sum(stages.values()), 2)}
 

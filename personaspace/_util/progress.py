@@ -104,12 +104,9 @@ class Progress:
         enabled: bool | None = None,
         *,
         console: Any = None,
-        mode: str | None = None,
         echo: Callable[[str], Any] | None = None,
     ):
-        if mode not in (None, "rich", "notebook"):
-            raise ValueError(f"mode must be 'rich', 'notebook' or None; got {mode!r}")
-        self.mode = mode if mode is not None else choose_mode(enabled, console)
+        self.mode = choose_mode(enabled, console)
         self._console = console
         self._echo = echo
         self._display: Any = None  # rich.progress.Progress, or None for tqdm and off
@@ -332,6 +329,19 @@ def _tqdm_bar(stage: str, total: int | None) -> Any:
 # Loggers that talk while weights load: transformers' own (set through its logging utilities) and the
 # optional torchao extension that transformers imports to check for quantised weights.
 _LOADING_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def silence_libraries() -> None:
+    """For a whole CLI command: turn transformers' per-file bars and notices off for good (our own
+    bars are enough), unless ``PERSONASPACE_DEBUG=1``. The Python API uses :func:`quiet_loading`, which
+    restores them after each load."""
+    if debug_enabled():
+        return
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 @contextlib.contextmanager

@@ -31,14 +31,15 @@ def auroc(positives: Sequence[float] | np.ndarray, negatives: Sequence[float] | 
 
 
 def bootstrap_ci(
-    values: Sequence[float],
+    values: Sequence[float] | np.ndarray,
     statistic: Callable[[np.ndarray], float] = np.mean,
     *,
     n_boot: int = 2000,
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic`` over resampled ``values``."""
+    """Percentile bootstrap interval of ``statistic`` over resampled ``values`` (rows of a 2-D array are
+    resampled whole, e.g. paired observations)."""
     data = np.asarray(values, dtype=np.float64)
     if len(data) == 0:
         return float("nan"), float("nan")

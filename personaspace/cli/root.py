@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional, Sequence
 import typer
 from rich.console import Console
 
-from personaspace._util.progress import DEBUG_ENV, debug_enabled
+from personaspace._util.progress import DEBUG_ENV, debug_enabled, silence_libraries
 from personaspace.errors import PersonaspaceError
 
 PROG = "personaspace"
@@ -216,23 +216,6 @@ def extract_cmd(
     write_run_report(result.run_dir, trait=trait, model=result.model)  # the loaded model draws the token views
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars are enough: silence the per-file bars and notices of transformers
-    (``PERSONASPACE_DEBUG=1`` keeps them)."""
-    if _debug():
-        return
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
-
-
-# ---- the exit-code and message contract ------------------------------------------------------------
-
-
 def _walk(command: Any) -> Iterator[Any]:
     yield command
     for sub in (getattr(command, "commands", None) or {}).values():
@@ -359,7 +342,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     _state["debug"] = False
     try:
         command = _command()
-        _quiet_libraries()
+        silence_libraries()  # our own bars are enough for the whole command
         with command.make_context(PROG, args) as ctx:
             command.invoke(ctx)
         return 0

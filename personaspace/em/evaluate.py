@@ -161,18 +161,19 @@ def _check_settings(s: EMSettings) -> None:
     checks.integer("seed", s.seed)
 
 
+def _plan(questions: QuestionSet, s: EMSettings) -> list[tuple[Any, int, str, int]]:
+    """(question, paraphrase index, paraphrase, sample index) of every answer to sample, in order."""
+    n_of = lambda q: s.samples_per_paraphrase or q.samples_per_paraphrase  # noqa: E731
+    return [(q, p, text, k) for q in questions for p, text in enumerate(q.paraphrases) for k in range(n_of(q))]
+
+
 def sample_answers(model: Any, questions: QuestionSet, settings: EMSettings | None = None, *,
                    interventions: Sequence[Any] = (), progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Sample answers to every paraphrase (temperature 1 by default); one row per answer."""
     from personaspace.engine import Chat
 
     s = settings or EMSettings()
-    plan = []
-    for q in questions:
-        n = s.samples_per_paraphrase or q.samples_per_paraphrase
-        for p, text in enumerate(q.paraphrases):
-            for k in range(n):
-                plan.append((q, p, text, k))
+    plan = _plan(questions, s)
     prompts = [Chat(user=text, system=q.system) for q, _, text, _ in plan]
     out = model.generate(prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                          seed=s.seed, batch_size=s.batch_size, interventions=interventions, progress=progress)
@@ -356,7 +357,7 @@ def evaluate_em(
     t0 = time.perf_counter()
     with progress_scope(progress) as bars:
         report = callback(progress)
-        n_answers = sum((s.samples_per_paraphrase or q.samples_per_paraphrase) * len(q.paraphrases) for q in qset)
+        n_answers = len(_plan(qset, s))
 
         def sampled(n: int) -> None:
             bars.advance("sample", n, total=n_answers)

@@ -283,6 +283,7 @@ def _run_em_experiment(config: ExperimentConfig | None, out: str | Path,
     lap("shift")
 
     # 8. results
+    table = em_table(em_results, finetunes, doses, positive_data=cfg.positive_data, domain=cfg.domain)
     results = {
         "model": cfg.model,
         "layer": layer,
@@ -293,9 +294,9 @@ def _run_em_experiment(config: ExperimentConfig | None, out: str | Path,
         "finetunes": finetunes,
         "em_settings": {"questions": cfg.questions, "samples_per_paraphrase": cfg.em_samples,
                         "max_new_tokens": cfg.em_max_new_tokens, "n_answers": len(em_results["aligned"].rows)},
-        "em": em_table(em_results, finetunes, doses, positive_data=cfg.positive_data, domain=cfg.domain),
-        "controls": controls_summary(em_results, positive_data=cfg.positive_data),
-        "dose": dose_summary(em_results, finetunes, doses),
+        "em": table,
+        "controls": controls_summary(table, positive_data=cfg.positive_data),
+        "dose": dose_summary(table, finetunes, doses),
     }
     if scale is not None:
         results["amplify"] = {"coef": cfg.amplify_coef, "evil_norm_at_layer": scale, "added_norm": cfg.amplify_coef * scale}
@@ -386,26 +387,23 @@ def em_table(em_results: dict[str, Any], finetunes: dict[str, dict[str, Any]], d
     return table
 
 
-def controls_summary(em_results: dict[str, Any], *, positive_data: str | None = None) -> dict[str, Any]:
+def controls_summary(table: list[dict[str, Any]], *, positive_data: str | None = None) -> dict[str, Any]:
     """Can the measurement see EM? The positive and negative control against the aligned model.
 
     ``detected`` is true when the difference's 95 % interval lies above 0 under the Betley rule (the
     headline); ``model_organisms`` holds the same under the other convention. The positive control must
     be detected (else the judge or the pipeline is blind, and a narrow null means nothing); the negative
-    control should not be.
+    control should not be. Read from the rows of :func:`em_table`.
     """
-    from personaspace.em import rate_difference
-
+    rows = {row["condition"]: row for row in table}
     out: dict[str, Any] = {"convention": "betley", "positive_data": positive_data}
-    a = em_results["aligned"]
     for key, label in (("positive", "positive_control"), ("negative", "control")):
-        if label not in em_results:
+        if label not in rows:
             continue
-        res = em_results[label]
         entry: dict[str, Any] = {"condition": label}
         for conv in ("betley", "model_organisms"):
-            r = res.rate(conv, n_boot=1000)
-            d = rate_difference((a.aligned, a.coherent), (res.aligned, res.coherent), conv, n_boot=1000)
+            r = rows[label][conv]
+            d = r["diff_vs_aligned"]
             cell = {"rate": r["rate"], "k": r["k"], "n": r["n"], "ci95": r["ci95"],
                     "diff_vs_aligned": d["diff"], "diff_ci95": d["ci95"], "detected": bool(d["ci95"][0] > 0)}
             if conv == "betley":
@@ -430,17 +428,15 @@ def controls_summary(em_results: dict[str, Any], *, positive_data: str | None = 
     return out
 
 
-def dose_summary(em_results: dict[str, Any], finetunes: dict[str, dict[str, Any]],
+def dose_summary(table: list[dict[str, Any]], finetunes: dict[str, dict[str, Any]],
                  doses: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The dose grid as rows (rows, epochs, steps, Betley EM with CI, difference vs aligned with CI)."""
-    from personaspace.em import rate_difference
-
-    a = em_results["aligned"]
+    """The dose grid as rows (rows, epochs, steps, Betley EM with CI, difference vs aligned with CI), read
+    from the rows of :func:`em_table`."""
+    rows = {row["condition"]: row for row in table}
     grid = []
     for label, cell in sorted(doses.items(), key=lambda kv: (kv[1]["rows"], kv[1]["epochs"])):
-        res = em_results[label]
-        r = res.rate("betley", n_boot=1000)
-        d = rate_difference((a.aligned, a.coherent), (res.aligned, res.coherent), "betley", n_boot=1000)
+        r = rows[label]["betley"]
+        d = r["diff_vs_aligned"]
         ft = finetunes.get(label, {})
         grid.append({"condition": label, **cell, "rows_used": ft.get("data", {}).get("n_used"), "steps": ft.get("steps"),
                      "loss_before": ft.get("loss_before"), "loss_after": ft.get("loss_after"),

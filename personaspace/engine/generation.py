@@ -117,6 +117,25 @@ def sample_from_hidden(hidden: Float[Tensor, "rows d_model"], head: Float[Tensor
     return (chosen * width + offset).clamp_(max=vocab - 1)
 
 
+class CallbackForward:
+    """Forward passes of ``backend`` with the engine's layer callbacks (interventions, then capture).
+
+    Each pass first sets the :class:`~personaspace.engine.context.StepContext` the callbacks read and
+    starts the capture's pass (its token weights and counts), then runs the backend.
+    """
+
+    def __init__(self, backend: Any, interventions: dict[int, list[Intervention]], capture: CaptureAccumulator | None):
+        self.backend, self.capture = backend, capture
+        self.slot = ContextSlot()
+        self.layer_fns = layer_callbacks(self.slot, interventions, capture)
+
+    def __call__(self, ctx: StepContext, ids: Tensor, mask: Tensor, pos: Tensor, **kwargs: Any) -> ForwardOutput:
+        self.slot.ctx = ctx
+        if self.capture is not None:
+            self.capture.begin(ctx)
+        return self.backend.forward(ids, mask, pos, layer_fns=self.layer_fns, **kwargs)
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device, side: str = "left") -> tuple[Tensor, Tensor]:
     """Token ids and attention mask ``[batch, longest]``, padded before (``left``) or after (``right``) each row."""
     width = max(len(s) for s in seqs)
@@ -159,15 +178,11 @@ def generate_batch(
     row_ids = torch.tensor(list(rows), dtype=torch.long, device=device)
     responses: list[list[int]] = [[] for _ in range(n)]
     stopped = [False] * n
-    slot = ContextSlot()
-    fns = layer_callbacks(slot, interventions, capture)
+    forward = CallbackForward(backend, interventions, capture)
     stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
 
     def run(ctx: StepContext, ids: Tensor, mask: Tensor, pos: Tensor, cache) -> ForwardOutput:
-        slot.ctx = ctx
-        if capture is not None:
-            capture.begin(ctx)
-        return backend.forward(ids, mask, pos, layer_fns=fns, cache=cache, logits_to_keep=1)
+        return forward(ctx, ids, mask, pos, cache=cache, logits_to_keep=1)
 
     def sample(out: ForwardOutput, keep: Tensor | None = None) -> Tensor:
         """The next token of each row (of rows ``keep`` only) from the step's last logits."""
@@ -261,24 +276,21 @@ def generate_slots(
     responses: list[list[int]] = [[] for _ in range(n)]
     stopped = [False] * n
     capture_only = [False] * n  # at the length limit: fed once more for capture, not sampled
-    slot = ContextSlot()
-    fns = layer_callbacks(slot, interventions, capture)
+    forward = CallbackForward(backend, interventions, capture)
     queue = deque(range(n))
     live: list[int] = []  # prompt index in each occupied slot, slots 0 .. len(live) - 1
     pending: list[int] = []  # token each live row feeds next
 
     def run(ctx: StepContext, ids: Tensor, mask: Tensor, pos: Tensor) -> Tensor:
-        slot.ctx = ctx
-        if capture is not None:
-            capture.begin(ctx)
-        return backend.forward(ids, mask, pos, layer_fns=fns, cache=cache, logits_to_keep=1).hidden
+        hidden = forward(ctx, ids, mask, pos, cache=cache, logits_to_keep=1).hidden
+        assert hidden is not None, "a slot-cache forward returns the final hidden states"
+        return hidden
 
     def sample(hidden: Tensor, who: list[int]) -> list[int]:
         """Tokens for rows ``who`` (prompt indices); the uniforms are handed out in prompt order."""
         uniforms = draw_uniforms(cfg, generator, len(who))
-        if uniforms is not None:
-            order = sorted(range(len(who)), key=who.__getitem__)
-            uniforms = uniforms[torch.tensor(order).argsort()]
+        if uniforms is not None:  # the k-th smallest prompt index gets the k-th draw
+            uniforms = uniforms[torch.tensor(who).argsort().argsort()]
         return sample_from_hidden(hidden, head, cfg, uniforms).tolist()
 
     def take(who: list[int], tokens: list[int]) -> list[bool]:

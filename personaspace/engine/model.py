@@ -16,11 +16,10 @@ import torch
 from personaspace._util import checks
 from personaspace.engine.backends import check_backend_options, default_backend, make_backend
 from personaspace.engine.backends.base import Backend
-from personaspace.engine.callbacks import ContextSlot, layer_callbacks
 from personaspace.engine.capture import Activations, CaptureAccumulator
 from personaspace.engine.chat import ChatFormatter, PromptLike
 from personaspace.engine.context import REDUCTIONS, StepContext, position_ids
-from personaspace.engine.generation import SamplingConfig, generate_batch, generate_slots, pad_batch
+from personaspace.engine.generation import CallbackForward, SamplingConfig, generate_batch, generate_slots, pad_batch
 from personaspace.engine.interventions import Intervention, by_layer
 from personaspace.engine.layers import LayerSpec, resolve_layers
 from personaspace.engine.placement import input_device
@@ -324,8 +323,7 @@ class PersonaModel:
         deepest = max(layer_list)
         active = {k: v for k, v in self._active(interventions).items() if k <= deepest}
         acc = CaptureAccumulator(layer_list, reductions, len(p_ids), self.d_model)
-        slot = ContextSlot()
-        fns = layer_callbacks(slot, active, acc)
+        forward = CallbackForward(self.backend, active, acc)
         seqs = [p + r for p, r in zip(p_ids, r_ids)]
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         for batch in _token_batches(order, [len(s) for s in seqs], token_budget):
@@ -335,11 +333,7 @@ class PersonaModel:
                 torch.tensor([len(p_ids[i]) for i in batch], device=self.device),
                 torch.tensor(batch, device=self.device),
             )
-            slot.ctx = ctx
-            acc.begin(ctx)
-            self.backend.forward(
-                ids, mask, position_ids(mask), layer_fns=fns, stop_after=deepest if early_exit else None, logits_to_keep=1
-            )
+            forward(ctx, ids, mask, position_ids(mask), stop_after=deepest if early_exit else None, logits_to_keep=1)
         return acc.result()
 
 

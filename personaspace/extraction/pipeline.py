@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,12 @@ class ExtractionConfig:
     neg_threshold: float = 50.0
     coherence_threshold: float = 50.0
     cv_folds: int = 5
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExtractionConfig:
+        """The config a run's ``config.json`` holds (keys that are not settings, such as ``key``, ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def key(self) -> str:
         """Hash of the settings that change generations (judge and thresholds can change on resume).
@@ -160,6 +166,11 @@ class RunDir:
     summary = property(lambda self: self.path / "summary.json")
     vectors = property(lambda self: self.path / "vectors")
     lock_file = property(lambda self: self.path / ".lock")
+
+    def final_scores(self, identity: str | None) -> dict[int, dict]:
+        """The stored final score rows of judge ``identity`` by row id (failed rows ignored; the last line
+        written for a row wins)."""
+        return {int(r["id"]): r for r in read_jsonl(self.scores) if r.get("judge") == identity and _final_score(r)}
 
     def start(self, cfg: ExtractionConfig, trait_hash: str | None = None, model_hash: str | None = None) -> bool:
         """Create the run, or check and reopen an existing one; True when resuming.
@@ -476,10 +487,7 @@ def _resume_state(run: RunDir, rows: list[Row], cfg: ExtractionConfig, judge: An
     done = len(run.done_batches(sizes))
     identity = getattr(judge, "identity", cfg.judge)
     ids = {r.id for r in rows}
-    judged = len({
-        int(r["id"]) for r in read_jsonl(run.scores)
-        if r.get("judge") == identity and int(r["id"]) in ids and _final_score(r)
-    })
+    judged = len(ids & set(run.final_scores(identity)))
     message = f"resuming {run.path}: {done} of {len(sizes)} batches done"
     if cfg.judge != "none":
         message += f", {judged} of {len(rows)} answers judged"
@@ -610,10 +618,7 @@ def _judge(judge: Any, trait: Any, rows: list[Row], gens: dict, run: RunDir, pro
     """
     from personaspace.judges.base import JudgeItem
 
-    have = {}
-    for r in read_jsonl(run.scores):
-        if r.get("judge") == judge.identity and _final_score(r):
-            have[int(r["id"])] = r
+    have = run.final_scores(judge.identity)
     todo = [r for r in rows if r.id not in have]
     chunk = 64
     for start in range(0, len(todo), chunk):
@@ -673,21 +678,36 @@ def pair_verdict(pos: dict, neg: dict, cfg: ExtractionConfig) -> str:
     return "kept"
 
 
-def select_pairs(rows: list[Row], scores: dict[int, dict], cfg: ExtractionConfig, *, judged: bool = True) -> tuple[list[tuple[int, int]], dict[str, int]]:
-    """Kept (pos row id, neg row id) pairs and a count of why the others were dropped (:func:`pair_verdict`)."""
+def pair_verdicts(rows: list[Row], scores: dict[int, dict], cfg: ExtractionConfig, *, judged: bool = True) -> list[tuple[Row, Row, str]]:
+    """``(pos row, neg row, verdict)`` of every pair with both sides, in pair order (:func:`pair_verdict`;
+    every pair is kept when nothing was judged)."""
     by_pair: dict[tuple, dict[str, Row]] = {}
     for r in rows:
         by_pair.setdefault(r.pair, {})[r.side] = r
+    out = []
+    for pair in sorted(by_pair):
+        sides = by_pair[pair]
+        if "pos" in sides and "neg" in sides:
+            pos, neg = sides["pos"], sides["neg"]
+            out.append((pos, neg, pair_verdict(scores[pos.id], scores[neg.id], cfg) if judged else "kept"))
+    return out
+
+
+def select_pairs(rows: list[Row], scores: dict[int, dict], cfg: ExtractionConfig, *, judged: bool = True) -> tuple[list[tuple[int, int]], dict[str, int]]:
+    """Kept (pos row id, neg row id) pairs and a count of why the others were dropped (:func:`pair_verdict`)."""
     kept: list[tuple[int, int]] = []
     reasons = dict.fromkeys(DROP_REASONS, 0)
-    for pair in sorted(by_pair):
-        pos, neg = by_pair[pair]["pos"], by_pair[pair]["neg"]
-        verdict = pair_verdict(scores[pos.id], scores[neg.id], cfg) if judged else "kept"
+    for pos, neg, verdict in pair_verdicts(rows, scores, cfg, judged=judged):
         if verdict == "kept":
             kept.append((pos.id, neg.id))
         else:
             reasons[verdict] += 1
     return kept, reasons
+
+
+def rows_from_generations(generations: Iterable[dict]) -> list[Row]:
+    """The planned rows (ids, sides and pair indices; no prompt texts) as ``generations.jsonl`` records them."""
+    return [Row(int(g["id"]), g["side"], int(g["instruction"]), int(g["question"]), int(g["sample"]), "", "") for g in generations]
 
 
 # ---- vectors and separation ------------------------------------------------------------------

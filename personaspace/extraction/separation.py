@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from personaspace._util.stats import auroc
+from personaspace._util.stats import auroc, bootstrap_ci
 
 Pair = tuple[int, int]  # (pos row id, neg row id)
 
@@ -57,7 +57,7 @@ def heldout_auroc(rows: Sequence[Any], acts: dict[str, Tensor], kept: Sequence[P
     if len(questions) < 2:
         return {p: {"per_layer": [], "best": None, "best_layer": None, "folds": 0, "held_out": "questions"} for p in acts}
     k = min(folds, len(questions))
-    fold_of = {q: i % k for i, q in enumerate(questions)}
+    fold_of = _folds(questions, k)
     for position, table in acts.items():
         per_fold = []
         for f in range(k):
@@ -86,13 +86,10 @@ def heldout_auroc(rows: Sequence[Any], acts: dict[str, Tensor], kept: Sequence[P
 
 def paired_auroc_ci(pos: np.ndarray, neg: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> list[float]:
     """95 % bootstrap interval of the AUROC, resampling (pos, neg) pairs together."""
-    n = len(pos)
-    if n < 2:
+    if len(pos) < 2:
         return [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    stats = np.array([auroc(pos[i], neg[i]) for i in idx])
-    return [round(float(np.quantile(stats, 0.025)), 4), round(float(np.quantile(stats, 0.975)), 4)]
+    lo, hi = bootstrap_ci(np.column_stack([pos, neg]), lambda d: auroc(d[:, 0], d[:, 1]), n_boot=n_boot, seed=seed)
+    return [round(lo, 4), round(hi, 4)]
 
 
 def _at(pos: np.ndarray, neg: np.ndarray, layer: int, seed: int) -> dict[str, Any]:

@@ -587,12 +587,8 @@ def _run_pair_differences(vector: PersonaVector, layers: Sequence[int] | None, s
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     except (OSError, json.JSONDecodeError) as exc:
         raise CorruptFileError(f"Cannot read the run files of {run} ({exc}).") from exc
-    names = {f.name for f in ex.ExtractionConfig.__dataclass_fields__.values()}
-    cfg = ex.ExtractionConfig(**{k: v for k, v in config.items() if k in names})
-    rows = [
-        ex.Row(int(g["id"]), g["side"], int(g["instruction"]), int(g["question"]), int(g["sample"]), "", "")
-        for g in read_jsonl(run / "generations.jsonl")
-    ]
+    cfg = ex.ExtractionConfig.from_dict(config)
+    rows = ex.rows_from_generations(read_jsonl(run / "generations.jsonl"))
     judge = summary.get("judge", cfg.judge)
     scores = {int(s["id"]): s for s in read_jsonl(run / "scores.jsonl") if s.get("judge") == judge}
     judged = cfg.judge != "none"

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from personaspace.errors import PersonaspaceError
 from personaspace.viz.plots import _go, _layout, trait_cosine_bars, write_figure
 
 __all__ = ["em_rate_bars", "corrupt_trait_cosine_bars", "write_em_figures"]
@@ -68,10 +67,7 @@ def write_em_figures(results: Mapping[str, Any], run_dir: str | os.PathLike, *, 
     figdir = Path(run_dir).expanduser() / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     written = write_figure(em_rate_bars(results), figdir / "em_rates.html", png=png)  # plotly.min.js beside
-    try:
-        fig = corrupt_trait_cosine_bars(results)
-    except PersonaspaceError:  # sets of different widths have no per-trait cosines; the table has the numbers
-        fig = None
+    fig = corrupt_trait_cosine_bars(results)  # None when the sets share no trait
     if fig is not None:
         written += write_figure(fig, figdir / "trait_cosines.html", png=png)
     return written

@@ -397,13 +397,6 @@ def _extract_trait(spec: Any, cfg: Mapping[str, Any]) -> tuple[Any, str | None]:
     return trait, None
 
 
-def _rows_from_generations(gens: Mapping[int, dict]) -> list[Any]:
-    from personaspace.extraction.pipeline import Row
-
-    return [Row(i, g["side"], int(g["instruction"]), int(g["question"]), int(g["sample"]), "", "")
-            for i, g in sorted(gens.items())]
-
-
 def _separation_section(summary: Mapping[str, Any]) -> str:
     """One figure per ``separation*`` entry of the summary (per position, per layer), with its notes."""
     import plotly.graph_objects as go
@@ -499,13 +492,19 @@ def _pair_html(pos: Any, neg: Any, status: str, gens: Mapping[int, dict], scores
 
 def _extract_report(path: Path, *, model: Any, trait: Any, token_views: int, examples: int) -> _Report:
     from personaspace._util.io import read_jsonl
-    from personaspace.extraction.pipeline import DROP_REASONS, ExtractionConfig, RunDir, pair_verdict, plan_rows
+    from personaspace.extraction.pipeline import (
+        DROP_REASONS,
+        ExtractionConfig,
+        RunDir,
+        pair_verdicts,
+        plan_rows,
+        rows_from_generations,
+    )
 
     run = RunDir(path)
     config = _read_json(run.config)
     summary = _read_json(run.summary)
-    fields = {f.name for f in dataclasses.fields(ExtractionConfig)}
-    cfg = ExtractionConfig(**{k: v for k, v in config.items() if k in fields})
+    cfg = ExtractionConfig.from_dict(config)
     report = _Report(title=f"Extraction: {summary.get('trait', cfg.trait)} on {summary.get('model', cfg.model)}",
                      subtitle=f"judge {summary.get('judge')}; {summary.get('layer_convention', '')}",
                      settings=config)
@@ -514,7 +513,7 @@ def _extract_report(path: Path, *, model: Any, trait: Any, token_views: int, exa
     trait_obj, note = _extract_trait(trait if trait is not None else cfg.trait, config)
     if note:
         report.notes.append(note)
-    rows = plan_rows(trait_obj, cfg) if trait_obj is not None else _rows_from_generations(gens)
+    rows = plan_rows(trait_obj, cfg) if trait_obj is not None else rows_from_generations(gens[i] for i in sorted(gens))
     if len(rows) != len(gens) or any(r.id not in gens for r in rows):
         report.notes.append(f"generations.jsonl holds {len(gens)} answers for {len(rows)} planned rows; examples show what is there")
         rows = [r for r in rows if r.id in gens]
@@ -522,23 +521,18 @@ def _extract_report(path: Path, *, model: Any, trait: Any, token_views: int, exa
     identity = summary.get("judge")
     scores: dict[int, dict] = {r.id: {"trait": None, "coherence": None, "judged": judged} for r in rows}
     if judged:
-        for s in read_jsonl(run.scores):
-            if s.get("judge") == identity and int(s["id"]) in scores:
-                scores[int(s["id"])] = {**s, "judged": True}
-    by_pair: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        by_pair.setdefault(r.pair, {})[r.side] = r
-    pairs = []  # (pos row, neg row, "kept" or the reason it was dropped), decided by the pipeline's own rule
-    for pair in sorted(by_pair):
-        sides = by_pair[pair]
-        if "pos" not in sides or "neg" not in sides:
-            continue
-        pos, neg = sides["pos"], sides["neg"]
-        pairs.append((pos, neg, pair_verdict(scores[pos.id], scores[neg.id], cfg) if judged else "kept"))
-    kept = [(p.id, n.id) for p, n, v in pairs if v == "kept"]
-    reasons = {k: sum(v == k for *_, v in pairs) for k in DROP_REASONS}
-    if summary.get("kept") is not None and summary["kept"] != len(kept):
-        report.notes.append(f"the summary counts {summary['kept']} kept pairs, the files now give {len(kept)} "
+        for i, s in run.final_scores(identity).items():
+            if i in scores:
+                scores[i] = {**s, "judged": True}
+    pairs = pair_verdicts(rows, scores, cfg, judged=judged)  # (pos row, neg row, "kept" or why it was dropped)
+    kept_pairs = [p for p in pairs if p[2] == "kept"]
+    dropped_by_reason: dict[str, list] = {}  # reasons in the order they first occur
+    for p in pairs:
+        if p[2] != "kept":
+            dropped_by_reason.setdefault(p[2], []).append(p)
+    reasons = {k: len(dropped_by_reason.get(k, ())) for k in DROP_REASONS}
+    if summary.get("kept") is not None and summary["kept"] != len(kept_pairs):
+        report.notes.append(f"the summary counts {summary['kept']} kept pairs, the files now give {len(kept_pairs)} "
                             "(answers or scores changed after the summary was written)")
 
     # headline
@@ -549,7 +543,7 @@ def _extract_report(path: Path, *, model: Any, trait: Any, token_views: int, exa
                                 f"{head.get('statistic', '')}; {head.get('n_pairs')} pairs; best {_num(head.get('best'))} at L{head.get('best_layer')}"))
     elif head:
         report.headline.append(("answer-only held-out AUROC", "n/a", str(head.get("reason", ""))))
-    report.headline.append(("pairs kept", f"{summary.get('kept', len(kept))} of {summary.get('pairs', len(pairs))}",
+    report.headline.append(("pairs kept", f"{summary.get('kept', len(kept_pairs))} of {summary.get('pairs', len(pairs))}",
                             "dropped: " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.get("dropped", reasons).items() if v) or "none")))
     sep = (summary.get("separation") or {}).get("response_avg") or {}
     if sep.get("best") is not None:
@@ -569,26 +563,20 @@ def _extract_report(path: Path, *, model: Any, trait: Any, token_views: int, exa
     questions = list(trait_obj.extraction_questions) if trait_obj is not None else []
     filt = []
     if judged:
-        filt.append(_table([[k.replace("_", " "), _REASON_TEXT[k], v] for k, v in reasons.items()] + [["kept", "passed every threshold", len(kept)]],
+        filt.append(_table([[k.replace("_", " "), _REASON_TEXT[k], v] for k, v in reasons.items()] + [["kept", "passed every threshold", len(kept_pairs)]],
                            ("outcome", "rule", "pairs")))
         filt.append(_score_scatter(pairs, scores, cfg))
     else:
         filt.append('<p class="muted">Judge <code>none</code>: every pair is kept, no scores.</p>')
-    kept_pairs = [p for p in pairs if p[2] == "kept"]
     shown_kept = _spread(kept_pairs, examples)
-    dropped_by_reason: dict[str, list] = {}
-    for p in pairs:
-        if p[2] != "kept":
-            dropped_by_reason.setdefault(p[2], []).append(p)
     shown_dropped: list = []
     while len(shown_dropped) < examples and any(dropped_by_reason.values()):
         for reason in list(dropped_by_reason):
             if dropped_by_reason[reason] and len(shown_dropped) < examples:
                 shown_dropped.append(dropped_by_reason[reason].pop(0))
-    filt.append(f"<h3>Kept pairs ({len(shown_kept)} of {len(kept)})</h3>")
+    filt.append(f"<h3>Kept pairs ({len(shown_kept)} of {len(kept_pairs)})</h3>")
     filt += [_pair_html(p, n, s, gens, scores, questions) for p, n, s in shown_kept] or ['<p class="muted">none</p>']
-    n_dropped = sum(1 for p in pairs if p[2] != "kept")
-    filt.append(f"<h3>Dropped pairs ({len(shown_dropped)} of {n_dropped}, one per reason in turn)</h3>")
+    filt.append(f"<h3>Dropped pairs ({len(shown_dropped)} of {len(pairs) - len(kept_pairs)}, one per reason in turn)</h3>")
     filt += [_pair_html(p, n, s, gens, scores, questions) for p, n, s in shown_dropped] or ['<p class="muted">none</p>']
     report.add("Pair filtering and examples", "\n".join(filt))
 
@@ -689,9 +677,9 @@ def _sweep_report(path: Path) -> _Report:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    data = _read_json(path / "sweep.json") if (path / "sweep.json").is_file() else None
-    if data is None:
+    if not (path / "sweep.json").is_file():
         raise RunDirectoryError(f"{path} has no sweep.json: the sweep did not finish; rerun the same command to complete it.")
+    data = _read_json(path / "sweep.json")
     cfg, vec, rec, base = data.get("config", {}), data.get("vector", {}), data.get("recommendation"), data.get("baseline", {})
     report = _Report(title=f"Sweep: {vec.get('trait')} on {data.get('model')}",
                      subtitle=f"vector {vec.get('position')} of {vec.get('model')}; judge {data.get('judge')}",

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from personaspace.steering.search import SweepResult
 
 __all__ = ["sweep_figure", "sweep_heatmap", "write_sweep_heatmap", "token_projection_body", "token_projection_html",
-           "token_view_body", "token_view_html", "TOKEN_VIEW_CSS"]
+           "token_view_html", "TOKEN_VIEW_CSS"]
 
 _METRICS = (
     ("trait", "trait score (judge, 0-100)", "Reds"),
@@ -104,7 +104,7 @@ def sweep_figure(result: SweepResult):
     )
     n_layers = len({c["layer"] for c in result.cells})
     fig.update_layout(
-        title=dict(text=f"{result.vector['trait']} sweep on {result.model}", x=0.5, xanchor="center", yref="container",
+        title=dict(text=_sweep_title(result), x=0.5, xanchor="center", yref="container",
                    y=1, yanchor="top", pad=dict(t=14), subtitle=dict(text=subtitle, font=dict(size=12, color="#444444"))),
         font=dict(family="Helvetica, Arial, sans-serif", size=13),
         autosize=True,
@@ -216,13 +216,6 @@ def _token_view_details(projection: TokenProjection, vector_name: str, model_nam
         "response mean projection": "n/a" if projection.response_avg is None else f"{projection.response_avg:+.4f}",
         "tokens": f"{projection.n_prompt} prompt + {len(projection.tokens) - projection.n_prompt} response",
     }
-
-
-def token_view_body(projection: TokenProjection, *, vector_name: str, model_name: str, centre: float = 0.0) -> str:
-    """The token view of one :class:`~personaspace.monitoring.projections.TokenProjection` as a fragment
-    to put in a page (see :func:`token_projection_body` and :data:`TOKEN_VIEW_CSS`)."""
-    return token_projection_body(projection.tokens, projection.values, n_prompt=projection.n_prompt, centre=centre,
-                                 details=_token_view_details(projection, vector_name, model_name))
 
 
 def token_view_html(projection: TokenProjection, *, vector_name: str, model_name: str, centre: float = 0.0) -> str:

@@ -45,9 +45,6 @@ class SlotCache:
                 f"{positions} of {self.capacity} positions"
             )
 
-    def nbytes(self) -> int:
-        return 2 * self.keys.numel() * self.keys.element_size()
-
 
 def score_bias(lengths: Tensor, width: int, kv_heads: int, dtype: torch.dtype) -> Tensor | None:
     """``[rows * kv_heads, 1, width]``: 0 at the cached positions each row attends to, -inf past its length;
