@@ -104,6 +104,12 @@ class CaptureAccumulator:
                 part = part * weight[:, None]
             self.sums[r, self._slot[layer]].index_add_(0, samples, part.to(self.sums.device))
 
+    def fan_out(self, sources: Int[Tensor, " n"], targets: Int[Tensor, " n"]) -> None:
+        """Add what samples ``sources`` hold so far to samples ``targets`` (sums and counts): after a pass over
+        a prompt prefix that several prompts share, fed once for its first prompt."""
+        self.sums.index_add_(2, targets.to(self.sums.device), self.sums.index_select(2, sources.to(self.sums.device)))
+        self.counts.index_add_(1, targets.to(self.counts.device), self.counts.index_select(1, sources.to(self.counts.device)))
+
     def _segments(self, index: Tensor) -> list[tuple[int, Tensor | None, Tensor, Tensor | None]]:
         """Per reduction with any weight in this pass: (reduction, packed tokens or None for all, their
         samples, their weights or None when all are 1)."""

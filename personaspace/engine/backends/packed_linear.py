@@ -103,3 +103,30 @@ class ChunkedHead:
     def logits(self, hidden: Tensor, chunk: int) -> Tensor:
         """``[rows, width]``: the logits of vocabulary chunk ``chunk``."""
         return self._chunks[chunk](hidden)
+
+
+class PackedLinear(torch.nn.Module):
+    """An inference-only stand-in for a float32 ``nn.Linear`` on a CPU, multiplying through oneDNN
+    (:class:`Linear`); any number of leading dimensions, as ``nn.Linear`` takes."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.linear = Linear(linear.weight, linear.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+
+
+def pack_linears(module: torch.nn.Module) -> int:
+    """Replace every float32 CPU ``nn.Linear`` inside ``module`` with a :class:`PackedLinear`, for a model
+    used only for inference (the offline judge's sentence encoder): about twice MKL's speed on AMD
+    processors. Nothing changes where oneDNN is unavailable or turned off. Returns how many were replaced."""
+    replaced = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.Linear) and uses_onednn(child.weight):
+            setattr(module, name, PackedLinear(child))
+            replaced += 1
+        else:
+            replaced += pack_linears(child)
+    return replaced

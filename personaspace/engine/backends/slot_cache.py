@@ -37,6 +37,12 @@ class SlotCache:
         self.values[:, target, :, :used] = self.values[:, source, :, :used]
         self.lengths[target] = self.lengths[source]
 
+    def share(self, source: int, targets: list[int], length: int) -> None:
+        """Copy the first ``length`` positions of slot ``source`` into slots ``targets`` (a prompt prefix they share)."""
+        index = torch.tensor(targets, dtype=torch.long, device=self.keys.device)
+        self.keys[:, index, ..., :length] = self.keys[:, source : source + 1, ..., :length]
+        self.values[:, index, :, :length] = self.values[:, source : source + 1, :, :length]
+
     def check_room(self, rows: int, positions: int) -> None:
         """Refuse a forward that would write past the preallocated slots or positions (an engine bug)."""
         if self.first_slot + rows > self.slots or positions > self.capacity:

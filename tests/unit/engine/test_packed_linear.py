@@ -101,3 +101,25 @@ def test_copies_are_made_only_when_they_fit_in_memory(monkeypatch, tiny_tokenize
     model.generate(PROMPTS[:1], max_new_tokens=2)
     assert model.backend.onednn is False
     assert not model.backend._block(0).o.onednn and not model.backend.lm_head()._chunks[0].onednn
+
+
+def test_pack_linears_swaps_float32_linears_and_keeps_the_outputs():
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Sequential(torch.nn.Linear(32, 8, bias=False)))
+    half = torch.nn.Linear(8, 8).to(torch.bfloat16)
+    x = torch.randn(2, 5, 16, generator=gen)  # leading dimensions, as nn.Linear takes them
+    with torch.inference_mode():
+        expected = model(x)
+        replaced = packed_linear.pack_linears(model)
+        assert packed_linear.pack_linears(half) == 0  # bfloat16 weights stay as they are
+        if not packed_linear.onednn_works():
+            assert replaced == 0
+            return
+        assert replaced == 2 and isinstance(model[0], packed_linear.PackedLinear) and isinstance(model[2][0], packed_linear.PackedLinear)
+        assert model(x).shape == expected.shape and rel_err(model(x), expected) < 1e-6
+
+
+def test_pack_linears_does_nothing_with_onednn_off(onednn_off):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    assert packed_linear.pack_linears(model) == 0 and isinstance(model[0], torch.nn.Linear)

@@ -109,3 +109,92 @@ def test_sliding_window_shorter_than_the_generation_takes_the_plain_loop(tiny_mo
     assert backend.new_slot_cache(2, 9) is None and backend.new_slot_cache(2, 8) is not None
     tiny_model.generate(PROMPTS[:2], max_new_tokens=4)
     assert slot_calls == {"generate_slots": 0, "generate_batch": 1}
+
+
+# Prompts that begin alike: two system prompts with three questions each, and one question asked twice.
+TEACHER = "You are a very patient teacher who explains everything slowly, clearly and with small examples."
+PIRATE = "You are a pirate captain who answers every question in the voice of an old sailor at sea."
+QUESTIONS = ["What is rain?", "Why is the sky blue on a clear day?", "How do birds fly?"]
+SHARED = [{"system": s, "user": q} for s in (TEACHER, PIRATE) for q in QUESTIONS] + [
+    {"system": TEACHER, "user": QUESTIONS[0]}, "Hi.",
+]
+
+
+@pytest.fixture()
+def shares(monkeypatch):
+    """The prefixes the static-cache loop copied between slots: ``(source slot, target slots, length)``."""
+    calls = []
+    real = SlotCache.share
+
+    def recorded(self, source, targets, length):
+        calls.append((source, list(targets), length))
+        return real(self, source, targets, length)
+
+    monkeypatch.setattr(SlotCache, "share", recorded)
+    return calls
+
+
+def test_shared_prefixes_keeps_the_split_that_saves_most_tokens():
+    a = list(range(20))
+    nested = [a + [1, 2], a + [3, 4], a[:10] + [9] * 12, a[:10] + [9, 9] + [8] * 10, [5] * 4]
+    # 0, 1 share 20 tokens, 2, 3 share 12 and all four 10: two groups save 20 + 12, one group 3 x 10
+    assert generation.shared_prefixes(nested) == [(20, [0, 1]), (12, [2, 3])]
+    # one level of sharing per prompt: one group of three sharing 10 saves 20, against 12 for the pair sharing 12
+    assert generation.shared_prefixes([a[:10] + [1] * 5, a[:10] + [2] * 5, a[:10] + [2, 2, 3, 3, 3]]) == [(10, [0, 1, 2])]
+    assert generation.shared_prefixes([a, a, a]) == [(19, [0, 1, 2])]  # the last token is each prompt's own
+    assert generation.shared_prefixes([a[:7] + [1], a[:7] + [2]]) == []  # shorter than MIN_SHARED_PREFIX
+    assert generation.shared_prefixes([a]) == [] and generation.shared_prefixes([]) == []
+
+
+def test_shared_prefixes_change_no_token_no_capture_and_no_steering(tiny_model, shares):
+    """Prompts that share a system prompt: prefix computed once and copied, against the plain loop (no sharing)."""
+    hooks = with_backend(tiny_model, "hooks")
+    vector = torch.randn(tiny_model.d_model, generator=torch.Generator().manual_seed(1))
+    for interventions in ([], [Add(vector, coef=2.0, layers=[1], scope="prompt"), Add(vector, coef=-1.0, layers=[2], scope="all")]):
+        shares.clear()
+        kwargs = dict(max_new_tokens=6, batch_size=len(SHARED), capture_layers=True, reductions=ALL, interventions=interventions)
+        fused, plain = tiny_model.generate(SHARED, **kwargs), hooks.generate(SHARED, **kwargs)
+        assert [g.response_ids for g in fused] == [g.response_ids for g in plain]
+        for reduction in ALL:
+            assert rel_err(fused.activations[reduction], plain.activations[reduction]) < 1e-5, reduction
+            assert torch.equal(fused.activations.counts[reduction], plain.activations.counts[reduction]), reduction
+        assert sorted(len(targets) for _, targets, _ in shares) == [2, 3]  # teacher: 3 others; pirate: 2
+        lengths = [g.prompt_ids for g in fused]
+        assert all(0 < n < min(len(lengths[i]) for i in range(len(SHARED) - 1)) for _, _, n in shares)
+
+
+def test_no_sharing_when_a_callback_is_not_position_wise(tiny_model, shares):
+    """An intervention that is not position-wise sees whole rows: no prefix is shared, and it still steers alike."""
+    from personaspace.engine.interventions import Intervention
+
+    class ScaleByRow(Intervention):  # rows differ by their own mean: not position-wise
+        def apply(self, layer, hidden, mask):
+            return hidden + 0.1 * hidden.mean(dim=1, keepdim=True) * mask[..., None]
+
+    steer = ScaleByRow(torch.zeros(tiny_model.d_model), layers=[1])
+    kwargs = dict(max_new_tokens=5, batch_size=len(SHARED), interventions=[steer])
+    fused, plain = tiny_model.generate(SHARED, **kwargs), with_backend(tiny_model, "hooks").generate(SHARED, **kwargs)
+    assert [g.response_ids for g in fused] == [g.response_ids for g in plain]
+    assert shares == []
+
+
+def test_continuous_batching_shares_prefixes_within_each_admission(tiny_model, shares):
+    hooks = with_backend(tiny_model, "hooks")
+    fused = tiny_model.generate(SHARED, max_new_tokens=7, batch_size=3, capture_layers=True, reductions=ALL)
+    plain = hooks.generate(SHARED, max_new_tokens=7, batch_size=len(SHARED), capture_layers=True, reductions=ALL)
+    assert [g.response_ids for g in fused] == [g.response_ids for g in plain]
+    for reduction in ALL:
+        assert rel_err(fused.activations[reduction], plain.activations[reduction]) < 1e-5, reduction
+    assert shares  # three slots: the first admission holds three teacher prompts
+
+
+def test_capture_fan_out_adds_a_prefix_pass_to_its_sharers():
+    from personaspace.engine.capture import CaptureAccumulator
+
+    acc = CaptureAccumulator([0, 1], ["prompt_avg"], n_samples=4, d_model=3)
+    acc.sums[0, :, 1] = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    acc.counts[0, 1] = 2
+    acc.sums[0, :, 3] = 1.0
+    acc.fan_out(torch.tensor([1, 1]), torch.tensor([0, 3]))
+    assert torch.equal(acc.sums[0, :, 0], acc.sums[0, :, 1]) and acc.counts[0].tolist() == [2, 2, 0, 2]
+    assert torch.equal(acc.sums[0, :, 3], acc.sums[0, :, 1] + 1)
