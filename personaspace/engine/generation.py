@@ -7,6 +7,7 @@ costs what its longest answer costs only for the rows still writing.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from personaspace.engine.interventions import Intervention
 # Bump when sampling draws different tokens for the same seed, so cached runs made before are not reused.
 # 2: one uniform per row that samples (rows at the length limit that are only fed for capture draw none);
 #    the fused backend's static-cache loop (continuous batching when prompts outnumber ``batch_size``).
-SAMPLER_VERSION = "inverse-cdf-2"
+# 3: one random stream per prompt (:class:`RowStreams`), so a token that float rounding flips in one row
+#    no longer reshuffles every other row's draws, and no row's draws depend on ``batch_size``.
+SAMPLER_VERSION = "inverse-cdf-3"
 
 # Vocabulary rows per LM-head chunk when the head and the sampler are fused (packed_linear.VOCAB_CHUNK).
 VOCAB_CHUNK = DEFAULT_VOCAB_CHUNK
@@ -36,7 +39,7 @@ VOCAB_CHUNK = DEFAULT_VOCAB_CHUNK
 # Prompt tokens per prefill forward when many prompts are admitted at once: the activations of a few
 # thousand tokens stay in the CPU's cache between the matmuls and the elementwise work around them (the
 # main job's 8,680-token prefill runs about 20% faster in groups of 2,048 than whole). The rows are then
-# sampled together, with the same uniforms as one prefill.
+# sampled together, as after one prefill.
 PREFILL_TOKENS = 2048
 
 
@@ -48,11 +51,25 @@ class SamplingConfig:
     seed: int = 0
 
 
-def draw_uniforms(cfg: SamplingConfig, generator: torch.Generator | None, rows: int) -> Tensor | None:
-    """One uniform per sampling row, ``[rows, 1]`` float32, in the rows' order (None when greedy)."""
-    if cfg.temperature <= 0:
-        return None
-    return torch.rand(rows, 1, generator=generator, dtype=torch.float32)
+class RowStreams:
+    """One seeded random stream per prompt of a generation call, keyed by ``(seed, the prompt's index in
+    the call)``: each sampled token of a row takes that row's next uniform. A row's draws therefore do
+    not depend on which rows share its batch, on ``batch_size`` (slots), or on what other rows sampled:
+    a token that float rounding flips (another kernel, another summation order) changes that row's
+    answer only, where one shared stream would shift every later draw of every row."""
+
+    def __init__(self, seed: int, rows: Sequence[int]):
+        self._streams = {row: torch.Generator().manual_seed(_row_seed(seed, row)) for row in rows}
+
+    def uniforms(self, cfg: SamplingConfig, rows: Sequence[int]) -> Tensor | None:
+        """The next uniform of each of ``rows``, ``[len(rows), 1]`` float32 (None when greedy: no draw)."""
+        if cfg.temperature <= 0:
+            return None
+        return torch.cat([torch.rand(1, generator=self._streams[row], dtype=torch.float32) for row in rows])[:, None]
+
+
+def _row_seed(seed: int, row: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{row}".encode(), digest_size=8).digest(), "little") >> 1
 
 
 def sample_next(logits: Tensor, cfg: SamplingConfig, uniforms: Tensor | None) -> Tensor:
@@ -68,7 +85,7 @@ def sample_next(logits: Tensor, cfg: SamplingConfig, uniforms: Tensor | None) ->
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     # Inverse-CDF sampling: one uniform draw per row. torch.multinomial draws an exponential per
     # vocabulary entry (50k per row per step), which costs more than the decoder step on CPU.
-    assert uniforms is not None, "sampling at temperature > 0 needs uniforms (draw_uniforms)"
+    assert uniforms is not None, "sampling at temperature > 0 needs uniforms (RowStreams)"
     cdf = probs.cpu().cumsum(-1)
     u = uniforms.to(cdf.dtype) * cdf[:, -1:]
     token = torch.searchsorted(cdf, u).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
@@ -106,7 +123,7 @@ def sample_from_hidden(hidden: Float[Tensor, "rows d_model"], head: Float[Tensor
             chunk.div_(cfg.temperature)
         torch.logsumexp(chunk, -1, out=lse[c])
         parts.append(chunk)
-    assert uniforms is not None, "sampling at temperature > 0 needs uniforms (draw_uniforms)"
+    assert uniforms is not None, "sampling at temperature > 0 needs uniforms (RowStreams)"
     top = lse.amax(0)
     cum = torch.exp(lse - top).t().cumsum(-1)  # [rows, chunks]: cumulative mass, relative to the largest chunk's
     u = uniforms.to(cum.device) * cum[:, -1:]
@@ -168,7 +185,6 @@ def generate_batch(
     interventions: dict[int, list[Intervention]],
     capture: CaptureAccumulator | None = None,
     use_cache: bool = True,
-    generator: torch.Generator | None = None,
 ) -> list[tuple[list[int], bool]]:
     """Generate for one batch on any backend; return ``(response_ids, ended_with_stop_token)`` per prompt.
 
@@ -176,7 +192,8 @@ def generate_batch(
     a full forward per step); rows that finish are dropped from the batch and the cache. Response ids
     exclude the stop token. With ``capture``, every response token is fed through the model once (one
     extra step at the end if a row hit ``max_new_tokens``), so ``response_avg`` covers exactly the
-    returned response ids, as a separate forward over (prompt, response) would.
+    returned response ids, as a separate forward over (prompt, response) would. Sampling draws from
+    each prompt's own stream (:class:`RowStreams`, keyed by ``cfg.seed`` and the prompt's entry in ``rows``).
     """
     if capture is not None and not use_cache:
         raise ValueError("Capture during generation needs the KV cache; capture the finished pairs instead.")
@@ -187,15 +204,16 @@ def generate_batch(
     stopped = [False] * n
     forward = CallbackForward(backend, interventions, capture)
     stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    streams = RowStreams(cfg.seed, rows)
 
     def run(ctx: StepContext, ids: Tensor, mask: Tensor, pos: Tensor, cache) -> ForwardOutput:
         return forward(ctx, ids, mask, pos, cache=cache, logits_to_keep=1)
 
     def sample(out: ForwardOutput, keep: Tensor | None = None) -> Tensor:
-        """The next token of each row (of rows ``keep`` only) from the step's last logits."""
+        """The next token of each live row (``alive``; the step's rows ``keep`` of them) from its last logits."""
         assert out.logits is not None, "generation needs the backend's logits"
         logits = out.logits[:, -1] if keep is None else out.logits[keep, -1]
-        return sample_next(logits, cfg, draw_uniforms(cfg, generator, logits.shape[0]))
+        return sample_next(logits, cfg, streams.uniforms(cfg, [rows[i] for i in alive.tolist()]))
 
     # Prefill.
     ids, mask = pad_batch(prompts, pad_id, device)
@@ -319,7 +337,6 @@ def generate_slots(
     interventions: dict[int, list[Intervention]],
     cache: SlotCache,
     capture: CaptureAccumulator | None = None,
-    generator: torch.Generator | None = None,
     on_done: Callable[[int], None] | None = None,
 ) -> list[tuple[list[int], bool]]:
     """Generate on a static :class:`SlotCache` with continuous batching (fused backend).
@@ -328,9 +345,9 @@ def generate_slots(
     every live row then advances one token per decode step. A row that finishes frees its slot at
     once: the last live row moves into it, and the next waiting prompt is prefilled into the first free
     slot, so a step always decodes ``min(slots, rows left)`` rows. The LM head and the sampler run
-    together, chunked over the vocabulary (:func:`sample_from_hidden`). Each step draws one uniform per
-    sampling row, in prompt order: with no more prompts than slots, the same draws as
-    :func:`generate_batch`. Same contract otherwise (response ids without the stop token, capture of
+    together, chunked over the vocabulary (:func:`sample_from_hidden`). Each sampled token takes the next
+    uniform of its prompt's own stream (:class:`RowStreams`), as in :func:`generate_batch`: the same
+    draws whatever the number of slots. Same contract otherwise (response ids without the stop token, capture of
     every response token). ``on_done(k)`` is told when ``k`` more rows have finished.
     """
     n = len(prompts)
@@ -340,6 +357,7 @@ def generate_slots(
     responses: list[list[int]] = [[] for _ in range(n)]
     stopped = [False] * n
     capture_only = [False] * n  # at the length limit: fed once more for capture, not sampled
+    streams = RowStreams(cfg.seed, rows)
     forward = CallbackForward(backend, interventions, capture)
     queue = deque(range(n))
     live: list[int] = []  # prompt index in each occupied slot, slots 0 .. len(live) - 1
@@ -351,11 +369,8 @@ def generate_slots(
         return hidden
 
     def sample(hidden: Tensor, who: list[int]) -> list[int]:
-        """Tokens for rows ``who`` (prompt indices); the uniforms are handed out in prompt order."""
-        uniforms = draw_uniforms(cfg, generator, len(who))
-        if uniforms is not None:  # the k-th smallest prompt index gets the k-th draw
-            uniforms = uniforms[torch.tensor(who).argsort().argsort()]
-        return sample_from_hidden(hidden, head, cfg, uniforms).tolist()
+        """Tokens for rows ``who`` (prompt indices), each from its own stream."""
+        return sample_from_hidden(hidden, head, cfg, streams.uniforms(cfg, [rows[i] for i in who])).tolist()
 
     def take(who: list[int], tokens: list[int]) -> list[bool]:
         """Record sampled tokens; True for each row that is finished."""

@@ -250,11 +250,9 @@ class PersonaModel:
         if capture_layers is not False:
             spec = None if capture_layers is True else capture_layers
             capture = CaptureAccumulator(self.layers(spec), reductions, len(ids), self.d_model)
-        generator = torch.Generator().manual_seed(seed)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         results: list[tuple[list[int], bool] | None] = [None] * len(ids)
-        common: dict[str, Any] = dict(cfg=cfg, stop_ids=self.stop_ids, pad_id=self.pad_id, device=self.device, interventions=active,
-                                      generator=generator)
+        common: dict[str, Any] = dict(cfg=cfg, stop_ids=self.stop_ids, pad_id=self.pad_id, device=self.device, interventions=active)
         slots = self._slot_cache(min(batch_size, len(ids)), max((len(p) for p in ids), default=0) + max_new_tokens) if use_cache and ids else None
         if slots is not None:  # a static KV cache: continuous batching over all prompts
             out = generate_slots(self.backend, [ids[i] for i in order], order, cache=slots, capture=capture, on_done=progress, **common)

@@ -63,16 +63,16 @@ def test_steered_cached_and_uncached_generation_agree(tiny_model):
 
 def test_sampler_matches_the_distribution():
     """Inverse-CDF sampling draws tokens with the softmax probabilities (chi-square style check)."""
-    from personaspace.engine.generation import SamplingConfig, draw_uniforms, sample_next
+    from personaspace.engine.generation import RowStreams, SamplingConfig, sample_next
 
     cfg = SamplingConfig(temperature=1.0)
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]]).clamp(min=1e-12)).expand(4000, -1)
-    draws = sample_next(logits, cfg, draw_uniforms(cfg, torch.Generator().manual_seed(0), 4000))
+    draws = sample_next(logits, cfg, RowStreams(0, range(4000)).uniforms(cfg, range(4000)))
     freq = torch.bincount(draws, minlength=5).float() / len(draws)
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0]), atol=0.03)
     assert freq[4] == 0
     top_cfg = SamplingConfig(temperature=1.0, top_p=0.7)
-    top = sample_next(logits, top_cfg, draw_uniforms(top_cfg, torch.Generator().manual_seed(0), 4000))
+    top = sample_next(logits, top_cfg, RowStreams(0, range(4000)).uniforms(top_cfg, range(4000)))
     assert set(top.tolist()) <= {0, 1}
 
 
@@ -88,7 +88,7 @@ def test_chunked_head_sampler_draws_what_the_whole_vocabulary_sampler_draws(temp
     gen_ = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(3000, 16, generator=gen_), torch.randn(1000, 16, generator=gen_)
     cfg = gen.SamplingConfig(temperature=temperature)
-    uniforms = gen.draw_uniforms(cfg, torch.Generator().manual_seed(1), 3000)
+    uniforms = gen.RowStreams(1, range(3000)).uniforms(cfg, range(3000))
     chunked = gen.sample_from_hidden(hidden, weight, cfg, uniforms)
     whole = gen.sample_next(hidden @ weight.T, cfg, uniforms)
     assert chunked.dtype == torch.long and chunked.shape == (3000,)
@@ -115,7 +115,7 @@ def test_chunked_sampler_follows_the_distribution(monkeypatch):
     weight = torch.eye(5)
     hidden = torch.log(probs.clamp(min=1e-30)).expand(4000, -1).contiguous()
     cfg = gen.SamplingConfig(temperature=1.0)
-    draws = gen.sample_from_hidden(hidden, weight, cfg, gen.draw_uniforms(cfg, torch.Generator().manual_seed(0), 4000))
+    draws = gen.sample_from_hidden(hidden, weight, cfg, gen.RowStreams(0, range(4000)).uniforms(cfg, range(4000)))
     freq = torch.bincount(draws, minlength=5).float() / len(draws)
     assert torch.allclose(freq, probs, atol=0.03)
     assert freq[4] == 0

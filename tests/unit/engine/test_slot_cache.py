@@ -56,13 +56,37 @@ def test_capture_with_refilled_slots_equals_capture_of_finished_pairs(tiny_model
     assert out.activations.counts["response_avg"].tolist() == [len(g.response_ids) for g in out]
 
 
-def test_seeded_sampling_matches_the_plain_loop_when_every_prompt_has_a_slot(tiny_model):
-    """One uniform per sampling row per step, in prompt order, in both loops: the same tokens."""
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_seeded_sampling_is_the_plain_loops_whatever_the_slots(tiny_model, batch_size):
+    """Each prompt draws from its own stream in both loops: the same tokens with any number of slots."""
     hooks = with_backend(tiny_model, "hooks")
     for capture in (False, True):
-        kwargs = dict(max_new_tokens=12, temperature=1.0, seed=11, batch_size=len(PROMPTS), capture_layers=capture)
-        fused, plain = tiny_model.generate(PROMPTS, **kwargs), hooks.generate(PROMPTS, **kwargs)
+        kwargs = dict(max_new_tokens=12, temperature=1.0, seed=11, capture_layers=capture)
+        fused = tiny_model.generate(PROMPTS, batch_size=batch_size, **kwargs)
+        plain = hooks.generate(PROMPTS, batch_size=len(PROMPTS), **kwargs)
         assert [g.response_ids for g in fused] == [g.response_ids for g in plain]
+
+
+def test_a_row_that_ends_early_changes_no_other_rows_tokens(tiny_model, monkeypatch):
+    """End one row early (a forced stop token): with one stream per prompt the other rows sample the same
+    tokens; with one stream for the batch, every later draw would shift by the draw that row no longer takes."""
+    stop = next(iter(tiny_model.stop_ids))
+    kwargs = dict(max_new_tokens=10, temperature=1.0, seed=4, batch_size=len(PROMPTS))
+    before = tiny_model.generate(PROMPTS, **kwargs)
+    real = generation.sample_from_hidden
+    calls = {"n": 0}
+
+    def flip_row_zero_once(hidden, weight, cfg, uniforms):
+        tokens = real(hidden, weight, cfg, uniforms)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            tokens[0] = stop
+        return tokens
+
+    monkeypatch.setattr(generation, "sample_from_hidden", flip_row_zero_once)
+    after = tiny_model.generate(PROMPTS, **kwargs)
+    changed = [i for i, (a, b) in enumerate(zip(before, after)) if a.response_ids != b.response_ids]
+    assert len(changed) == 1
 
 
 def test_a_sampled_stop_token_frees_the_slot_for_the_next_prompt(tiny_model, monkeypatch):
