@@ -69,6 +69,7 @@ class RowStreams:
 
 
 def _row_seed(seed: int, row: int) -> int:
+    """A 63-bit seed for row ``row`` of a call seeded ``seed`` (a hash: nearby seeds and rows give unrelated streams)."""
     return int.from_bytes(hashlib.blake2b(f"{seed}/{row}".encode(), digest_size=8).digest(), "little") >> 1
 
 

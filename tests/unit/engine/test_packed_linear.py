@@ -83,6 +83,9 @@ def test_in_place_edits_of_every_matrix_and_the_lm_head_are_followed(tiny_tokeni
     with torch.no_grad():
         for lin in (block.self_attn.o_proj, block.mlp.up_proj):
             lin.weight.mul_(1.5)
+        first = model.hf_model.model.layers[0]  # no matrix of it edited: only its norms' stamps can tell
+        for norm in (first.input_layernorm, first.post_attention_layernorm):  # folded into q|k|v, gate and up
+            norm.weight.add_(torch.linspace(-0.5, 0.5, norm.weight.numel()))
         model.hf_model.lm_head.weight[:, :8].mul_(-1.0)  # tied to the embeddings: both change
     fused_out = model.generate(PROMPTS, max_new_tokens=8)
     hooks_out = hooks.generate(PROMPTS, max_new_tokens=8)

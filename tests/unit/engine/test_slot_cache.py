@@ -67,23 +67,29 @@ def test_seeded_sampling_is_the_plain_loops_whatever_the_slots(tiny_model, batch
         assert [g.response_ids for g in fused] == [g.response_ids for g in plain]
 
 
-def test_a_row_that_ends_early_changes_no_other_rows_tokens(tiny_model, monkeypatch):
-    """End one row early (a forced stop token): with one stream per prompt the other rows sample the same
-    tokens; with one stream for the batch, every later draw would shift by the draw that row no longer takes."""
-    stop = next(iter(tiny_model.stop_ids))
-    kwargs = dict(max_new_tokens=10, temperature=1.0, seed=4, batch_size=len(PROMPTS))
-    before = tiny_model.generate(PROMPTS, **kwargs)
+def force_stop(model, monkeypatch, on_call: int) -> int:
+    """Make the sampler's ``on_call``-th call give its first row the stop token; returns that token."""
+    stop = next(iter(model.stop_ids))
     real = generation.sample_from_hidden
     calls = {"n": 0}
 
-    def flip_row_zero_once(hidden, weight, cfg, uniforms):
+    def stop_once(hidden, weight, cfg, uniforms):
         tokens = real(hidden, weight, cfg, uniforms)
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == on_call:
             tokens[0] = stop
         return tokens
 
-    monkeypatch.setattr(generation, "sample_from_hidden", flip_row_zero_once)
+    monkeypatch.setattr(generation, "sample_from_hidden", stop_once)
+    return stop
+
+
+def test_a_row_that_ends_early_changes_no_other_rows_tokens(tiny_model, monkeypatch):
+    """End one row early (a forced stop token): with one stream per prompt the other rows sample the same
+    tokens; with one stream for the batch, every later draw would shift by the draw that row no longer takes."""
+    kwargs = dict(max_new_tokens=10, temperature=1.0, seed=4, batch_size=len(PROMPTS))
+    before = tiny_model.generate(PROMPTS, **kwargs)
+    force_stop(tiny_model, monkeypatch, on_call=3)
     after = tiny_model.generate(PROMPTS, **kwargs)
     changed = [i for i, (a, b) in enumerate(zip(before, after)) if a.response_ids != b.response_ids]
     assert len(changed) == 1
@@ -91,18 +97,7 @@ def test_a_row_that_ends_early_changes_no_other_rows_tokens(tiny_model, monkeypa
 
 def test_a_sampled_stop_token_frees_the_slot_for_the_next_prompt(tiny_model, monkeypatch):
     """Force the stop token for one row on its second step: it ends, and its slot takes the next prompt."""
-    stop = next(iter(tiny_model.stop_ids))
-    real = generation.sample_from_hidden
-    step = {"n": 0}
-
-    def stop_once(hidden, weight, cfg, uniforms):
-        tokens = real(hidden, weight, cfg, uniforms)
-        step["n"] += 1
-        if step["n"] == 2:
-            tokens[0] = stop
-        return tokens
-
-    monkeypatch.setattr(generation, "sample_from_hidden", stop_once)
+    stop = force_stop(tiny_model, monkeypatch, on_call=2)
     out = tiny_model.generate(PROMPTS, max_new_tokens=6, batch_size=2, capture_layers=True, reductions=["response_avg"])
     assert sum(g.finished for g in out) == 1
     ended = next(g for g in out if g.finished)
