@@ -17,7 +17,8 @@ planned rows, batches, seeds, sampling and capture of the pipeline, the default 
   the memory bandwidth measured here (a 256 MiB copy, read + write bytes);
 - where the time goes: prefill, decode steps, LM head + sampler;
 - the same stage steered (``Add`` of the shipped ``evil`` vector at layer 12, +4, response scope)
-  per useful FLOP against unsteered (the tokens differ, so the work is compared per FLOP);
+  per useful FLOP against unsteered (the tokens differ, so the work is compared per FLOP), the best of
+  as many repeats as the unsteered stage;
 - the same stage on the plain hooks backend (Hugging Face forward, ``DynamicCache``, left padding):
   the path generation took before the static cache;
 - with ``--stages``, the whole main job (``ps.extract``, offline judge, a fresh judge cache): its
@@ -195,7 +196,7 @@ def main() -> None:
     runs = [measure(model, rows, cfg) for _ in range(args.repeats)]
     best = min(runs, key=lambda r: r["over_flop_bound"])
     steer = Add(load_vectors(model.name)["evil"], coef=4.0, layers=[12], scope="response")
-    steered = measure(model, rows, cfg, interventions=[steer])
+    steered = min((measure(model, rows, cfg, interventions=[steer]) for _ in range(args.repeats)), key=lambda r: r["over_flop_bound"])
     stream_s = best["forwards"] * weight_bytes(config) / bandwidth / 1e9
     result = {
         "workload": f"generation stage of extract --trait evil: {len(rows)} rows, batch {cfg.batch_size}, "
