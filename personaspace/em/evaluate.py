@@ -279,12 +279,13 @@ class EMResult:
         }
 
     def save(self, out: str | os.PathLike) -> Path:
-        """Write ``answers.jsonl``, ``per_question.csv`` and ``summary.json`` into ``out`` (each atomic)."""
+        """Write ``answers.jsonl``, ``per_question.csv`` (under the run's first convention, the one its report
+        names) and ``summary.json`` into ``out`` (each atomic)."""
         import json
 
         path = Path(out).expanduser()
         write_text(path / "answers.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.rows))
-        write_text(path / "per_question.csv", table_csv(self.per_question()))
+        write_text(path / "per_question.csv", table_csv(self.per_question(self.conventions[0] if self.conventions else BETLEY)))
         write_json(path / "summary.json", self.summary())
         return path
 

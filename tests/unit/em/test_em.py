@@ -3,6 +3,7 @@ evaluation plumbing on a tiny random model."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -197,3 +198,18 @@ def test_cli_rate_recomputes_saved_results_and_bad_files_fail_with_dataset_error
     (tmp_path / "bad.yaml").write_text("- id: a\n")
     bad = runner.invoke(app, ["questions", str(tmp_path / "bad.yaml")])
     assert isinstance(bad.exception, DatasetError) and "paraphrases" in bad.exception.message
+
+
+def test_per_question_file_and_report_follow_the_runs_first_convention(tiny_model, tmp_path):
+    """A run under another rule than Betley's: its per_question.csv counts EM by that rule, as its report's table says."""
+    from personaspace.em.evaluate import EMConvention
+    from personaspace.viz.report import write_report
+
+    loose = EMConvention("loose", 90.0, "<", 50.0, ">=", "coherent")  # most LengthJudge answers are EM here, few under Betley
+    res = evaluate_em(tiny_model, parse_questions(YAML), LengthJudge(), samples_per_paraphrase=2, max_new_tokens=6,
+                      conventions=(loose, "betley"), out=tmp_path / "em")
+    assert res.rate(loose)["k"] != res.rate("betley")["k"]
+    with open(tmp_path / "em" / "per_question.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(int(r["n_em"]) for r in rows) == res.rate(loose)["k"]
+    assert "Per question (loose)" in write_report(tmp_path / "em").read_text()
