@@ -16,7 +16,6 @@ and a new prompt (continuous batching) is prefilled into the first free slot.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 
 class SlotCache:
@@ -51,12 +50,3 @@ class SlotCache:
                 f"{positions} of {self.capacity} positions"
             )
 
-
-def score_bias(lengths: Tensor, width: int, kv_heads: int, dtype: torch.dtype) -> Tensor | None:
-    """``[rows * kv_heads, 1, width]``: 0 at the cached positions each row attends to, -inf past its length;
-    None when every row sees all ``width`` positions."""
-    if bool((lengths == width).all()):
-        return None
-    seen = torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
-    bias = torch.zeros(seen.shape, dtype=dtype, device=lengths.device).masked_fill_(~seen, float("-inf"))
-    return bias.repeat_interleave(kv_heads, dim=0)[:, None, :]
