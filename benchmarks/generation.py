@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -135,9 +136,9 @@ def measure(model, rows, cfg, interventions=()) -> dict:
     """One timed generation stage bracketed by two measurements of the sustained peaks."""
     before = sustained_peaks()
     with StageClock(model) as clock:
-        start = time.perf_counter()
+        faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
         gens = generation_stage(model, rows, cfg, interventions)
-        seconds = time.perf_counter() - start
+        seconds, faults = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     after = sustained_peaks()
     peaks = {k: (before[k] + after[k]) / 2 for k in before}
     config = model.hf_model.config
@@ -147,7 +148,7 @@ def measure(model, rows, cfg, interventions=()) -> dict:
     tokens = sum(len(g.response_ids) for g in gens)
     bound = flops / peaks["best"] / 1e9
     return {
-        "seconds": seconds, "new_tokens": tokens, "flops": flops, "peaks": peaks, "forwards": clock.forwards,
+        "seconds": seconds, "page_faults": faults, "new_tokens": tokens, "flops": flops, "peaks": peaks, "forwards": clock.forwards,
         "split_s": {k: round(v, 2) for k, v in clock.seconds.items()},
         "tflop": flops / 1e12, "bound_s": bound, "over_flop_bound": seconds / bound,
         "over_torch_mm_bound": seconds / (flops / peaks["torch_mm"] / 1e9),
@@ -219,6 +220,7 @@ def main() -> None:
         "weight_streaming_bound_s": round(stream_s, 2),
         "time_over_weight_streaming_bound": round(best["seconds"] / stream_s, 1),
         "split_s": best["split_s"],
+        "page_faults": best["page_faults"],
         "steered_seconds": round(steered["seconds"], 2),
         "steered_new_tokens": steered["new_tokens"],
         "steered_time_over_flop_bound": round(steered["over_flop_bound"], 3),

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from personaspace._util import checks
+from personaspace._util.memory import steady_heap
 from personaspace.engine.backends import check_backend_options, default_backend, make_backend
 from personaspace.engine.backends.base import Backend
 from personaspace.engine.capture import Activations, CaptureAccumulator
@@ -254,18 +255,19 @@ class PersonaModel:
         results: list[tuple[list[int], bool] | None] = [None] * len(ids)
         common: dict[str, Any] = dict(cfg=cfg, stop_ids=self.stop_ids, pad_id=self.pad_id, device=self.device, interventions=active)
         slots = self._slot_cache(min(batch_size, len(ids)), max((len(p) for p in ids), default=0) + max_new_tokens) if use_cache and ids else None
-        if slots is not None:  # a static KV cache: continuous batching over all prompts
-            out = generate_slots(self.backend, [ids[i] for i in order], order, cache=slots, capture=capture, on_done=progress, **common)
-            results = [res for _, res in sorted(zip(order, out))]
-        else:
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                out = generate_batch(self.backend, [ids[i] for i in chunk], chunk, capture=capture if use_cache else None,
-                                     use_cache=use_cache, **common)
-                for i, res in zip(chunk, out):
-                    results[i] = res
-                if progress is not None:
-                    progress(len(chunk))
+        with steady_heap(self.device):  # the blocks' activations reuse freed memory instead of faulting it in again
+            if slots is not None:  # a static KV cache: continuous batching over all prompts
+                out = generate_slots(self.backend, [ids[i] for i in order], order, cache=slots, capture=capture, on_done=progress, **common)
+                results = [res for _, res in sorted(zip(order, out))]
+            else:
+                for start in range(0, len(order), batch_size):
+                    chunk = order[start : start + batch_size]
+                    out = generate_batch(self.backend, [ids[i] for i in chunk], chunk, capture=capture if use_cache else None,
+                                         use_cache=use_cache, **common)
+                    for i, res in zip(chunk, out):
+                        results[i] = res
+                    if progress is not None:
+                        progress(len(chunk))
         generations = [
             Generation(ids[i], resp, self.tokenizer.decode(resp, skip_special_tokens=True), fin)
             for i, (resp, fin) in enumerate(results)  # type: ignore[misc]
@@ -324,14 +326,15 @@ class PersonaModel:
         forward = CallbackForward(self.backend, active, acc)
         seqs = [p + r for p, r in zip(p_ids, r_ids)]
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-        for batch in _token_batches(order, [len(s) for s in seqs], token_budget):
-            ids, mask = pad_batch([seqs[i] for i in batch], self.pad_id, self.device, padding_side)
-            ctx = StepContext.for_padded(
-                mask,
-                torch.tensor([len(p_ids[i]) for i in batch], device=self.device),
-                torch.tensor(batch, device=self.device),
-            )
-            forward(ctx, ids, mask, position_ids(mask), stop_after=deepest if early_exit else None, logits_to_keep=1)
+        with steady_heap(self.device):
+            for batch in _token_batches(order, [len(s) for s in seqs], token_budget):
+                ids, mask = pad_batch([seqs[i] for i in batch], self.pad_id, self.device, padding_side)
+                ctx = StepContext.for_padded(
+                    mask,
+                    torch.tensor([len(p_ids[i]) for i in batch], device=self.device),
+                    torch.tensor(batch, device=self.device),
+                )
+                forward(ctx, ids, mask, position_ids(mask), stop_after=deepest if early_exit else None, logits_to_keep=1)
         return acc.result()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from personaspace._util.memory import steady_heap
 from personaspace._util.progress import quiet_loading
 from personaspace.errors import JudgeUnavailableError
 
@@ -80,7 +81,7 @@ class SentenceEmbedder:
         lengths = encoded["attention_mask"].sum(1)
         order = torch.argsort(lengths, descending=True, stable=True)
         pooled = torch.empty(len(owners), self.model.config.hidden_size, dtype=torch.float32)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), steady_heap("cpu"):  # reuse freed activations between batches
             for start in range(0, len(owners), BATCH_WINDOWS):
                 rows = order[start : start + BATCH_WINDOWS]
                 width = int(lengths[rows].max())
