@@ -22,7 +22,9 @@ planned rows, batches, seeds, sampling and capture of the pipeline, the default 
 - the same stage on the plain hooks backend (Hugging Face forward, ``DynamicCache``, left padding):
   the path generation took before the static cache;
 - with ``--stages``, the whole main job (``ps.extract``, offline judge, a fresh judge cache): its
-  generation, judging and everything else.
+  generation, judging and everything else;
+- with ``--overlap``, whether judging should run beside generation: the stage followed by the offline
+  judge's embedding of its answers, against the same two at once (the embedding in a thread).
 
 Run: ``.venv/bin/python benchmarks/generation.py [--stages] [--skip-hooks]``. Writes
 benchmarks/results/generation.json.
@@ -34,6 +36,7 @@ import argparse
 import os
 import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -181,10 +184,34 @@ def main_job_stages(model) -> dict:
     return {"total_s": round(total, 2), **{f"{k}_s": v for k, v in stages.items()}, "rest_s": round(total - sum(stages.values()), 2)}
 
 
+def judge_overlap(model, rows, cfg: ExtractionConfig, repeats: int) -> dict:
+    """The generation stage then the offline judge's embedding of its answers, against both at once: best seconds."""
+    from personaspace.judges.embedding import shared_embedder
+
+    embedder = shared_embedder()
+    texts = [g.text for g in generation_stage(model, rows, cfg)]
+    embedder.embed(texts[:4])  # loaded and warm
+
+    def sequential() -> None:
+        generation_stage(model, rows, cfg)
+        embedder.embed(texts)
+
+    def concurrent() -> None:
+        judge = threading.Thread(target=embedder.embed, args=(texts,))
+        judge.start()
+        generation_stage(model, rows, cfg)
+        judge.join()
+
+    one_after_the_other, at_once = best_of(sequential, repeats), best_of(concurrent, repeats)
+    return {"sequential_s": round(one_after_the_other, 2), "concurrent_s": round(at_once, 2),
+            "concurrent_over_sequential": round(at_once / one_after_the_other, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stages", action="store_true", help="also time the whole main job (ps.extract)")
     parser.add_argument("--skip-hooks", action="store_true", help="skip the hooks-backend comparison")
+    parser.add_argument("--overlap", action="store_true", help="also time judging beside generation against after it")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
 
@@ -237,6 +264,8 @@ def main() -> None:
         })
     if args.stages:
         result["main_job"] = main_job_stages(model)
+    if args.overlap:
+        result["judge_overlap"] = judge_overlap(model, rows, cfg, max(args.repeats, 2))
     result["note"] = ("ratios from one process; the sustained peaks are measured around each timed stage (mean of the two); "
                       "the FLOP bound uses the better of torch.mm (MKL) and oneDNN")
     report("generation", result)
