@@ -26,7 +26,7 @@ planned rows, batches, seeds, sampling and capture of the pipeline, the default 
 - with ``--overlap``, whether judging should run beside generation: the stage followed by the offline
   judge's embedding of its answers, against the same two at once (the embedding in a thread).
 
-Run: ``.venv/bin/python benchmarks/generation.py [--stages] [--skip-hooks]``. Writes
+Run: ``.venv/bin/python benchmarks/generation.py [--stages] [--skip-hooks] [--overlap] [--repeats N]``. Writes
 benchmarks/results/generation.json.
 """
 

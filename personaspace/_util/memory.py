@@ -4,9 +4,10 @@ A CPU forward frees and re-allocates the same few-MB activations in every block.
 hands the top of its heap back to the kernel whenever more than about twice the largest recent block is
 free there, so the next block faults the same memory in again, page by page (zeroed by the kernel). The
 main job's generation stage took 294,000-446,000 page faults per run instead of 278,000-292,000 (233,000
-of those are its KV cache's first touch), and its prefill 2.2-4.8 s instead of 2.2-3.0 s, here. PyTorch's CPU tuning guide answers this with jemalloc or tcmalloc
-(``LD_PRELOAD``); a library cannot swap the allocator, but it can tell glibc to keep its freed heap for
-the duration (``mallopt``), and give it back once at the end (``malloc_trim``).
+of those are its KV cache's first touch), and its prefill 2.2-4.8 s instead of 2.2-3.0 s, here.
+PyTorch's CPU tuning guide answers this with jemalloc or tcmalloc (``LD_PRELOAD``); a library cannot swap
+the allocator, but it can tell glibc to keep its freed heap for the duration (``mallopt``), and give it
+back once at the end (``malloc_trim``).
 
 Elsewhere (not Linux, another C library, a GPU device) :func:`steady_heap` does nothing. Values are never
 affected: only where freed memory waits before it is used again.

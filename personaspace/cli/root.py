@@ -356,6 +356,19 @@ def main() -> None:
         code = run()
     except KeyboardInterrupt:  # a second Ctrl-C while the first was being reported
         code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:
+        _clear_interrupt_mark()
     sys.exit(code)
+
+
+def _clear_interrupt_mark() -> None:
+    """Let ``python -m personaspace.cli`` exit 130 after a Ctrl-C, as the console script does.
+
+    CPython marks a KeyboardInterrupt raised inside ``exec`` of source text (dataclasses and namedtuples
+    build their methods that way, so a Ctrl-C during an import often lands there) and, when the process
+    was started with ``-m``, ends it by SIGINT (status -2) however the interrupt was handled. Each ``exec``
+    of source text clears the mark on entry; one that succeeds leaves it clear.
+    """
+    exec("None")
 
 
