@@ -239,6 +239,13 @@ class SteeringReport:
         return rows
 
 
+def _arm_key(name: str, arm: Sequence[ResolvedSteer]) -> tuple:
+    """What an arm's generations depend on beyond the call's shared settings: its name (the random control
+    draws its own vectors) and, per intervention, the spec, the vector object and the layers read and applied.
+    ``_cache`` is shared only by calls with the same questions, sampling and read-out (one sweep)."""
+    return (name, *((repr(r.spec), id(r.vector), tuple(r.read_layers), tuple(r.applied_layers)) for r in arm))
+
+
 def evaluate_steering(
     model: PersonaModel,
     trait: Any,
@@ -304,8 +311,9 @@ def evaluate_steering(
     kl_ref = None
     runs: dict[str, tuple[list[str], Tensor | None]] = {}
     for name, arm in arms:
-        if name == "unsteered" and "unsteered" in cache:
-            runs[name] = cache["unsteered"]
+        key = _arm_key(name, arm)
+        if key in cache:  # the same arm generated earlier in this sweep (the grid's cell, rechecked against its control)
+            runs[name] = cache[key]
             continue
         out = model.generate(
             prompts,
@@ -320,8 +328,7 @@ def evaluate_steering(
             units = torch.stack([readout_vector.unit(L) for L in layers])  # [layers, d]
             proj = (acts * units[None]).sum(-1)  # [samples, layers]
         runs[name] = (out.texts, proj)
-        if name == "unsteered":
-            cache["unsteered"] = runs[name]
+        cache[key] = runs[name]
     if arms and any(name != "unsteered" for name, _ in arms):
         kl_ref = cache.get("kl_ref")
         if kl_ref is None:

@@ -335,7 +335,8 @@ def sweep(
                 report(k + 1, len(grid), done[key])
             continue
         v_norm = float(vector.at(layer).norm())
-        raw = coef * norms[layer] / v_norm if cfg.coef_mode == "relative" and v_norm > 0 else coef
+        # rounded as the cell records it, so the control check of a cell reruns exactly the grid's arm (from the cache)
+        raw = round(coef * norms[layer] / v_norm if cfg.coef_mode == "relative" and v_norm > 0 else coef, 6)
         spec = SteerSpec("add", vector.trait, f"L{layer}", coef=raw, scope=cfg.scope)
         resolved = resolve_specs([spec], {vector.trait: vector}, model, scope=cfg.scope, warn=False)
         if coef == 0:

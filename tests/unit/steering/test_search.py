@@ -127,3 +127,21 @@ def test_verdict_pairs_by_question_and_averages_samples():
     assert not mixed["beats_control"] and mixed["trait_delta"]["ci95"][0] < 0 < mixed["trait_delta"]["mean"]
     with pytest.raises(Exception, match="not paired"):
         control_verdict(arm([("a", 1)]), arm([("b", 1)]))
+
+
+def test_checking_a_cell_against_its_control_does_not_generate_its_answers_again(tiny_model, word_and_vector, monkeypatch):
+    word, vec = word_and_vector
+    generated = []
+    original = tiny_model.generate
+
+    def counting(*args, **kwargs):
+        generated.append(len(kwargs.get("interventions", ())))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "generate", counting)
+    res = sweep(tiny_model, "evil", vec, _cfg(coefs=(0.0, 2.0, 3.0), control_checks=2), judge=WordJudge(word))
+    checked = len(res.selection["checked"])
+    assert checked >= 1
+    # unsteered answers, the KL reference, one steered arm per nonzero cell, one random control per checked cell
+    assert len(generated) == 2 + 2 + checked
+    assert generated.count(0) == 2
