@@ -109,6 +109,12 @@ class TokenProjection:
 
 
 @torch.inference_mode()
+def _project(hidden: Tensor, units: Tensor) -> Tensor:
+    """``hidden @ u`` for one direction ``[d_model]``, or stacked on a last axis for each row of ``[k, d_model]``
+    (one product per direction: the same kernel, so the same values, as projecting onto each alone)."""
+    return hidden @ units if units.ndim == 1 else torch.stack([hidden @ u for u in units], dim=-1)
+
+
 def _token_values(
     model: PersonaModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -116,14 +122,17 @@ def _token_values(
     units: Mapping[int, Tensor],
     *,
     batch_size: int = 16,
-) -> list[dict[int, list[float]]]:
-    """Per-token projections at several layers for (prompt, response) id pairs; one early-exit forward per batch."""
+) -> list[dict[int, list[Any]]]:
+    """Per-token projections at several layers for (prompt, response) id pairs; one early-exit forward per batch.
+
+    ``units[L]`` is one unit direction ``[d_model]`` (a value per token) or several, ``[k, d_model]`` (``k``
+    values per token, all from the same forward)."""
     layers = sorted(units)
-    out: list[dict[int, list[float]]] = []
+    out: list[dict[int, list[Any]]] = []
     for start in range(0, len(prompt_ids), batch_size):
         p_batch, r_batch = prompt_ids[start : start + batch_size], response_ids[start : start + batch_size]
         batch = TokenBatch.pad(model, p_batch, r_batch)
-        read = {L: (lambda hidden, u=units[L]: (hidden.float() @ u.to(hidden.device)).cpu()) for L in layers}  # [batch, seq]
+        read = {L: (lambda hidden, u=units[L]: _project(hidden.float(), u.to(hidden.device)).cpu()) for L in layers}  # [batch, seq(, k)]
         found = run(model, batch, read=read).layers
         for i, n in enumerate(batch.lengths):
             out.append({L: found[L][i, :n].tolist() for L in layers})
@@ -151,6 +160,21 @@ def token_projections(
         tokens = [model.tokenizer.decode([t]) for t in list(p) + list(r)]
         result.append(TokenProjection(tokens, v[layer], len(p), layer, row))
     return result
+
+
+def prompt_last_projections(
+    model: PersonaModel, prompts: Sequence[Any], directions: Mapping[int, Sequence[PersonaVector | Tensor]], *, system: str | None = None
+) -> dict[int, np.ndarray]:
+    """What :func:`monitor` reports as ``prompt_last`` (the last prompt token before generation, projected onto a
+    unit direction, rounded to 5 decimals), for many directions from one early-exit forward per batch.
+
+    ``directions[L]`` are the directions read at layer ``L`` (a :class:`PersonaVector` gives its row ``L``).
+    Returns ``{L: [prompts, len(directions[L])]}``.
+    """
+    units = {L: torch.stack([_direction(d, check_layer(L, model.n_layers), None, model)[0] for d in ds]) for L, ds in directions.items()}
+    p_ids = [model.prompt_ids(p, system) for p in prompts]
+    values = _token_values(model, p_ids, [[] for _ in p_ids], units)
+    return {L: np.asarray([[round(x, 5) for x in v[L][len(p) - 1]] for p, v in zip(p_ids, values)]) for L in units}
 
 
 # --------------------------------------------------------------------------------------------

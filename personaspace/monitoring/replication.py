@@ -38,7 +38,7 @@ from personaspace.engine.chat import Chat
 from personaspace.engine.layers import check_layer, default_monitor_layer
 from personaspace.errors import InvalidArgumentError
 from personaspace.judges import get_judge
-from personaspace.monitoring.projections import monitor
+from personaspace.monitoring.projections import monitor, prompt_last_projections
 from personaspace.vectors.store import PersonaVector
 
 if TYPE_CHECKING:
@@ -263,18 +263,22 @@ def replicate_monitoring(
             per_level.append({"level": lv, "system": s, "projection": float(np.mean([x[i] for i in sel])),
                               "trait": float(np.mean(scored)) if scored else float("nan"), "n": len(sel), "n_scored": len(scored)})  # fmt: skip
 
-        # controls: the same prompts projected onto other directions (the answers and scores are the trait's own)
-        empty = [""] * len(chats)
-
-        def r_for(direction: PersonaVector | torch.Tensor, at: int = layer) -> tuple[list[float], dict]:
-            ctrl = monitor(model, direction, chats, layer=at, responses=empty, tokens=False)
-            xs = [r["prompt_last"] for r in ctrl.rows]
-            return xs, question_bootstrap(xs, y, qs, n_boot=n_boot, seed=seed)
-
+        # controls: the same prompts projected onto other directions (the answers and scores are the trait's own),
+        # all read from one forward of the prompts
         g = torch.Generator().manual_seed(seed)
         rand_dirs = [torch.randn(model.d_model, generator=g) for _ in range(max(1, n_random))]
-        _, random_first = r_for(rand_dirs[0])  # monitor projects on the unit direction: no norm to match
-        null = [random_first["pearson"]] + [r_for(d, layer)[1]["pearson"] for d in rand_dirs[1:n_random]]
+        other = _unrelated(name, vectors, layer)
+        directions: dict[int, list[PersonaVector | torch.Tensor]] = {layer: [*rand_dirs, *([vectors[other]] if other is not None else [])]}
+        scanned = [L for L in scan if L != layer and L in vec.layers]
+        for L in scanned:
+            directions[L] = [vec]
+        xs = prompt_last_projections(model, chats, directions)
+
+        def r_of(column: np.ndarray) -> dict:
+            return question_bootstrap(column.tolist(), y, qs, n_boot=n_boot, seed=seed)
+
+        random_first = r_of(xs[layer][:, 0])  # monitoring projects on the unit direction: no norm to match
+        null = [random_first["pearson"]] + [r_of(xs[layer][:, j])["pearson"] for j in range(1, n_random)]
         null_abs = np.abs(np.asarray([r for r in null if np.isfinite(r)]))
         controls: dict[str, Any] = {
             "random": {**random_first, "what": f"one random direction (seed {seed}), norm of the trait vector's row"},
@@ -286,16 +290,15 @@ def replicate_monitoring(
                 "share_abs_r_at_least_observed": float(np.mean(null_abs >= abs(pooled["pearson"]))) if len(null_abs) else float("nan"),
             },
         }
-        other = _unrelated(name, vectors, layer)
         if other is not None:
             cos = float(vec.unit(layer) @ vectors[other].unit(layer))
-            controls["unrelated"] = {**r_for(vectors[other])[1], "trait": other, "cosine_with_trait": round(cos, 4)}
+            controls["unrelated"] = {**r_of(xs[layer][:, len(rand_dirs)]), "trait": other, "cosine_with_trait": round(cos, 4)}
         by_layer = []
         for L in scan:
             if L == layer:
                 by_layer.append({"layer": L, **{k: pooled[k] for k in ("pearson", "ci95", "n")}})
             elif L in vec.layers:
-                by_layer.append({"layer": L, **{k: v for k, v in r_for(vec, L)[1].items() if k in ("pearson", "ci95", "n")}})
+                by_layer.append({"layer": L, **{k: v for k, v in r_of(xs[L][:, 0]).items() if k in ("pearson", "ci95", "n")}})
         rows = [{"level": lv, "system": c.system, "question": c.user, **{k: v for k, v in r.items() if k != "prompt"}}
                 for lv, c, r in zip(levels, chats, res.rows)]  # fmt: skip
         settings = {

@@ -100,3 +100,20 @@ def test_bad_input_is_refused_before_any_generation(tiny_model, vectors):
         replicate_monitoring(tiny_model, ["evil"], vectors, prompts={"evil": ["only one"]}, judge=ChecksumJudge())
     with pytest.raises(InvalidArgumentError, match="No vector for trait 'impoliteness'"):
         replicate_monitoring(tiny_model, ["impoliteness"], vectors, judge=ChecksumJudge())
+
+
+def test_many_directions_from_one_forward_equal_monitoring_each_alone(tiny_model, vectors):
+    """The replication's controls read every direction from one forward of the prompts; each column is exactly
+    what monitoring that direction alone reports (same kernel per direction), for vectors and raw directions."""
+    from personaspace.engine.chat import Chat
+    from personaspace.monitoring.projections import monitor, prompt_last_projections
+
+    chats = [Chat(user=q, system=s) for s in GRADED_SYSTEM_PROMPTS["evil"][:2] for q in ("Hi?", "How are you today?")]
+    raw = torch.randn(tiny_model.d_model, generator=torch.Generator().manual_seed(3))
+    at = {LAYER: [raw, vectors["humor"], vectors["evil"]], 1: [vectors["optimism"]]}
+    xs = prompt_last_projections(tiny_model, chats, at)
+    assert xs[LAYER].shape == (len(chats), 3) and xs[1].shape == (len(chats), 1)
+    for layer, directions in at.items():
+        for j, direction in enumerate(directions):
+            alone = monitor(tiny_model, direction, chats, layer=layer, responses=[""] * len(chats), tokens=False)
+            assert xs[layer][:, j].tolist() == [r["prompt_last"] for r in alone.rows]
