@@ -108,13 +108,13 @@ class TokenProjection:
         }
 
 
-@torch.inference_mode()
 def _project(hidden: Tensor, units: Tensor) -> Tensor:
     """``hidden @ u`` for one direction ``[d_model]``, or stacked on a last axis for each row of ``[k, d_model]``
     (one product per direction: the same kernel, so the same values, as projecting onto each alone)."""
     return hidden @ units if units.ndim == 1 else torch.stack([hidden @ u for u in units], dim=-1)
 
 
+@torch.inference_mode()
 def _token_values(
     model: PersonaModel,
     prompt_ids: Sequence[Sequence[int]],

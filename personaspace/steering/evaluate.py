@@ -239,11 +239,12 @@ class SteeringReport:
         return rows
 
 
-def _arm_key(name: str, arm: Sequence[ResolvedSteer]) -> tuple:
-    """What an arm's generations depend on beyond the call's shared settings: its name (the random control
-    draws its own vectors) and, per intervention, the spec, the vector object and the layers read and applied.
-    ``_cache`` is shared only by calls with the same questions, sampling and read-out (one sweep)."""
-    return (name, *((repr(r.spec), id(r.vector), tuple(r.read_layers), tuple(r.applied_layers)) for r in arm))
+def _steers_key(steers: Sequence[ResolvedSteer]) -> tuple:
+    """What a call's steered and random-control arms depend on beyond its shared settings: per intervention,
+    the spec, the vector object and the layers read and applied (the random control is drawn from these and
+    the seed). ``_cache`` is shared only by calls with the same questions, sampling, seed and read-out (one
+    sweep); it keeps the steers, so no vector's id is reused while it lives."""
+    return tuple((repr(r.spec), id(r.vector), tuple(r.read_layers), tuple(r.applied_layers)) for r in steers)
 
 
 def evaluate_steering(
@@ -310,8 +311,10 @@ def evaluate_steering(
 
     kl_ref = None
     runs: dict[str, tuple[list[str], Tensor | None]] = {}
+    steers_key = _steers_key(steers)
+    cache.setdefault("steers", []).append(list(steers))  # alive as long as the keys that name them
     for name, arm in arms:
-        key = _arm_key(name, arm)
+        key = (name,) if name == "unsteered" else (name, *steers_key)
         if key in cache:  # the same arm generated earlier in this sweep (the grid's cell, rechecked against its control)
             runs[name] = cache[key]
             continue
