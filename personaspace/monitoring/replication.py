@@ -269,9 +269,7 @@ def replicate_monitoring(
         rand_dirs = [torch.randn(model.d_model, generator=g) for _ in range(max(1, n_random))]
         other = _unrelated(name, vectors, layer)
         directions: dict[int, list[PersonaVector | torch.Tensor]] = {layer: [*rand_dirs, *([vectors[other]] if other is not None else [])]}
-        scanned = [L for L in scan if L != layer and L in vec.layers]
-        for L in scanned:
-            directions[L] = [vec]
+        directions.update({L: [vec] for L in scan if L != layer and L in vec.layers})
         xs = prompt_last_projections(model, chats, directions)
 
         def r_of(column: np.ndarray) -> dict:

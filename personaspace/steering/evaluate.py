@@ -312,7 +312,6 @@ def evaluate_steering(
     kl_ref = None
     runs: dict[str, tuple[list[str], Tensor | None]] = {}
     steers_key = _steers_key(steers)
-    cache.setdefault("steers", []).append(list(steers))  # alive as long as the keys that name them
     for name, arm in arms:
         key = (name,) if name == "unsteered" else (name, *steers_key)
         if key in cache:  # the same arm generated earlier in this sweep (the grid's cell, rechecked against its control)
@@ -332,6 +331,8 @@ def evaluate_steering(
             proj = (acts * units[None]).sum(-1)  # [samples, layers]
         runs[name] = (out.texts, proj)
         cache[key] = runs[name]
+        if arm:
+            cache.setdefault("steers", []).append(steers)  # alive as long as the key that names their vectors' ids
     if arms and any(name != "unsteered" for name, _ in arms):
         kl_ref = cache.get("kl_ref")
         if kl_ref is None:

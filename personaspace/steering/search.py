@@ -353,7 +353,7 @@ def sweep(
             "layer": layer,
             "coef": coef,
             "coef_mode": cfg.coef_mode,
-            "raw_coef": round(raw, 6),
+            "raw_coef": raw,
             "spec": f"{spec.to_text()}  (read L{layer}, applied L{layer})",
             "added_norm": round(abs(raw) * v_norm, 4),
             "relative_norm": round(abs(raw) * v_norm / norms[layer], 4) if norms[layer] > 0 else None,
